@@ -1,0 +1,226 @@
+"""The compiled guide: the inference network plus what it was compiled for, and its save file.
+
+A :class:`Guide` is a plain Pyro guide.  Called with the model's arguments it
+runs the model under :class:`~infcomp.handler.ProposalMessenger`, with the
+observed sites fixed to the observation and hidden from its trace.  The
+observation comes from an ``observations={site: value}`` keyword (Pyro's CSIS
+convention) or from :meth:`Guide.condition`.
+"""
+
+from __future__ import annotations
+
+import torch
+import pyro.poutine as poutine
+
+from .handler import ObservationState, ProposalMessenger
+from .nn.network import InferenceNetwork, NetworkConfig
+from .traces import ObservationSpec, PriorSampler, SiteSpec, check_consistent
+
+__all__ = ["Guide", "load", "FORMAT", "VERSION"]
+
+FORMAT = "infcomp-guide"
+VERSION = 1
+
+
+class Guide:
+    def __init__(self, network: InferenceNetwork, observe: tuple, model=None, model_args=(), model_kwargs=None):
+        self.network = network
+        self.observe = tuple(observe)
+        self.model = model
+        self.model_args = tuple(model_args)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.optimizer_state = None
+        self.traces_trained = 0
+        self.history = []  # (traces, train loss, validation loss)
+        self._states = {}
+        self._warned = set()
+        self._checked_model = model
+
+    @property
+    def obs_specs(self) -> dict:
+        return self.network.obs_specs
+
+    @property
+    def addresses(self) -> list:
+        return list(self.network.specs)
+
+    @property
+    def device(self):
+        return self.network.family_embedding.weight.device
+
+    # -- observations -------------------------------------------------------------
+    def check_observation(self, observation) -> dict:
+        """A validated ``{site: tensor}`` on the guide's device, or a ValueError naming the fault."""
+        if not isinstance(observation, dict):
+            if len(self.observe) != 1:
+                raise ValueError(
+                    f"this guide observes {list(self.observe)}: pass the observation as a dict site -> tensor"
+                )
+            observation = {self.observe[0]: observation}
+        unknown = [k for k in observation if k not in self.obs_specs]
+        if unknown:
+            raise ValueError(f"observation names site {unknown[0]!r}, but the guide observes {list(self.observe)}")
+        out = {}
+        for name, spec in self.obs_specs.items():
+            if name not in observation:
+                raise ValueError(f"observation is missing site {name!r} (the guide observes {list(self.observe)})")
+            value = observation[name]
+            if not torch.is_tensor(value):
+                try:
+                    value = torch.as_tensor(value)
+                except Exception:
+                    raise TypeError(f"observation for site {name!r} must be a tensor, got {type(value).__name__}") from None
+            if tuple(value.shape) != spec.shape:
+                raise ValueError(
+                    f"observation for site {name!r} has shape {tuple(value.shape)}, "
+                    f"but the guide was compiled for shape {spec.shape}"
+                )
+            want = getattr(torch, spec.dtype)
+            if value.dtype != want:
+                if _kind(value.dtype) != _kind(want):
+                    raise ValueError(
+                        f"observation for site {name!r} has dtype {value.dtype}, but the model's site has {want}"
+                    )
+                value = value.to(want)
+            if value.dtype.is_floating_point and bool(torch.isnan(value).any()):
+                raise ValueError(f"observation for site {name!r} contains NaN")
+            out[name] = value.to(self.device)
+        return out
+
+    def state_for(self, observation: dict) -> ObservationState:
+        """The per-observation cache (embedding, first proposal), reused while the same tensors come back."""
+        key = tuple(id(v) for v in observation.values())
+        hit = self._states.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit.observation.values(), observation.values())):
+            return hit
+        if len(self._states) > 8:
+            self._states.clear()
+        state = self._states[key] = ObservationState(self.network, observation)
+        return state
+
+    # -- the model ----------------------------------------------------------------
+    def check_model(self, model, model_args=(), model_kwargs=None):
+        """Run the model once forward and raise if its addresses or observation shapes disagree with the guide."""
+        sampler = PriorSampler(model, self.observe, model_args, model_kwargs, self.network.families)
+        record = sampler.sample()
+        for name, spec in sampler.specs.items():
+            if name in self.network.specs:
+                check_consistent(self.network.specs[name], spec)
+        for name, value in record.observation.items():
+            want = self.obs_specs[name].shape
+            if tuple(value.shape) != want:
+                raise ValueError(
+                    f"observed site {name!r} has shape {tuple(value.shape)} in this model, "
+                    f"but the guide was compiled for shape {want}"
+                )
+        self._checked_model = model
+
+    def bind_model(self, model, model_args=None, model_kwargs=None):
+        if model is not self._checked_model:
+            self.check_model(
+                model,
+                self.model_args if model_args is None else model_args,
+                self.model_kwargs if model_kwargs is None else model_kwargs,
+            )
+        self.model = model
+        return self
+
+    # -- the Pyro guide -----------------------------------------------------------
+    def messenger(self, observation: dict) -> ProposalMessenger:
+        return ProposalMessenger(self.state_for(observation), self.observe, self._warned)
+
+    def __call__(self, *args, **kwargs):
+        return self._run(kwargs.get("observations"), args, kwargs)
+
+    def _run(self, observation, args, kwargs):
+        if self.model is None:
+            raise RuntimeError("this guide has no model: pass model= to infcomp.load, or call guide.bind_model(model)")
+        if observation is None:
+            raise ValueError(
+                "the guide needs the observation: call it with observations={site: value} "
+                "(Pyro's CSIS convention) or use guide.condition(observation)"
+            )
+        obs = self.check_observation({k: v for k, v in observation.items() if k in self.obs_specs})
+        run = poutine.condition(self.model, data=obs)
+        run = poutine.block(run, hide=list(self.observe))
+        with self.messenger(obs):
+            return run(*args, **kwargs)
+
+    def condition(self, observation):
+        """A guide for ``pyro.condition(model, data=observation)``: what ``pyro.infer.Importance`` takes."""
+        obs = self.check_observation(observation)
+        guide = self
+
+        def conditioned_guide(*args, **kwargs):
+            return guide._run(obs, args, kwargs)
+
+        return conditioned_guide
+
+    # -- save and load ------------------------------------------------------------
+    def save(self, path):
+        net = self.network
+        torch.save(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "config": net.cfg.to_dict(),
+                "observe": list(self.observe),
+                "obs_specs": [s.to_dict() for s in net.obs_specs.values()],
+                "sites": [net.specs[n].to_dict() for n in net.specs],
+                "custom_embedding": net.embed.custom is not None,
+                "state_dict": net.state_dict(),
+                "optimizer": self.optimizer_state,
+                "traces_trained": self.traces_trained,
+                "history": [list(h) for h in self.history],
+            },
+            path,
+        )
+
+    def __repr__(self):
+        return (
+            f"Guide(observe={list(self.observe)}, addresses={len(self.network.specs)}, "
+            f"traces_trained={self.traces_trained})"
+        )
+
+
+def _kind(dtype):
+    return "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "complex" if dtype.is_complex else "int"
+
+
+def _corrupt(path, why):
+    return ValueError(f"{path} is not a usable infcomp guide file (corrupt or foreign): {why}")
+
+
+def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, device="cpu") -> Guide:
+    """Load a saved guide; with ``model=``, check that the model's addresses and observation shapes match."""
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # pickle, zip or unpickling errors: not our file
+        raise _corrupt(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise _corrupt(path, "it has no infcomp-guide header")
+    if data.get("version") != VERSION:
+        raise _corrupt(path, f"format version {data.get('version')!r}, this infcomp reads version {VERSION}")
+    try:
+        cfg = NetworkConfig(**data["config"])
+        obs_specs = {d["name"]: ObservationSpec.from_dict(d) for d in data["obs_specs"]}
+        if data["custom_embedding"] and embedding is None:
+            raise ValueError(f"{path} was compiled with a custom observation embedding: pass it again as embedding=")
+        net = InferenceNetwork(obs_specs, cfg, embedding)
+        for d in data["sites"]:
+            net.add_site(SiteSpec.from_dict(d))
+        net.load_state_dict(data["state_dict"])
+    except ValueError:
+        raise
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from None
+    net.to(device)
+    guide = Guide(net, data["observe"], None, model_args, model_kwargs)
+    guide.optimizer_state = data.get("optimizer")
+    guide.traces_trained = int(data.get("traces_trained", 0))
+    guide.history = [tuple(h) for h in data.get("history", [])]
+    if model is not None:
+        guide.bind_model(model, model_args, model_kwargs)
+    return guide

@@ -1,0 +1,99 @@
+"""Observation embeddings: an MLP for scalars and vectors, a CNN for images, or the user's module.
+
+Each observed site gets its own embedding, chosen from its value's shape; with
+several observed sites their embeddings are concatenated and mixed by a linear
+layer.  Inputs are standardised with a mean and scale measured on the validation
+traces (stored as buffers, so they travel with saved guides).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MLPEmbedding", "CNNEmbedding", "ObservationEmbedding", "default_embedding"]
+
+
+class MLPEmbedding(nn.Module):
+    def __init__(self, shape, dim, hidden=128):
+        super().__init__()
+        n = max(1, math.prod(shape))
+        self.net = nn.Sequential(nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
+
+    def forward(self, x):
+        return self.net(x.reshape(x.shape[0], -1))
+
+
+class CNNEmbedding(nn.Module):
+    """Strided convolutions (cheap on a CPU), pooled to a fixed grid that keeps the left-to-right layout."""
+
+    def __init__(self, shape, dim, channels=(16, 32, 64), grid=(4, 16)):
+        super().__init__()
+        in_ch = 1 if len(shape) == 2 else shape[0]
+        self.add_channel = len(shape) == 2
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_ch, c1, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Conv2d(c3, c3, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(grid),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
+
+    def forward(self, x):
+        if self.add_channel:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
+def default_embedding(shape, dim):
+    if len(shape) <= 1:
+        return MLPEmbedding(shape, dim)
+    if len(shape) in (2, 3):
+        return CNNEmbedding(shape, dim)
+    raise ValueError(
+        f"no default embedding for an observation of shape {tuple(shape)}: "
+        "pass your own torch.nn.Module as embedding="
+    )
+
+
+class ObservationEmbedding(nn.Module):
+    """``{site: [B, *shape]}`` -> ``[B, dim]``."""
+
+    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None):
+        super().__init__()
+        self.names = list(obs_specs)
+        self.custom = custom
+        self.register_buffer("loc", torch.zeros(len(self.names)))
+        self.register_buffer("scale", torch.ones(len(self.names)))
+        if custom is not None:
+            example = {n: torch.zeros((2,) + tuple(obs_specs[n].shape)) for n in self.names}
+            with torch.no_grad():
+                out = custom(example[self.names[0]] if len(self.names) == 1 else example)
+            if not torch.is_tensor(out) or out.dim() != 2 or out.shape[0] != 2:
+                shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                raise ValueError(f"embedding= must map a batch [B, *shape] to [B, dim]; it gave {shape}")
+            self.dim = int(out.shape[1])
+            self.mix = None
+        else:
+            self.dim = dim
+            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim) for n in self.names)
+            self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None
+
+    @torch.no_grad()
+    def set_normalization(self, observation: dict):
+        """Standardise each site by the mean and scale of a sample of its observations."""
+        for i, n in enumerate(self.names):
+            x = observation[n].float()
+            self.loc[i] = x.mean()
+            self.scale[i] = x.std().clamp(min=1e-6) if x.numel() > 1 else 1.0
+
+    def forward(self, observation: dict):
+        xs = [(observation[n].float() - self.loc[i]) / self.scale[i] for i, n in enumerate(self.names)]
+        if self.custom is not None:
+            return self.custom(xs[0] if len(xs) == 1 else dict(zip(self.names, xs)))
+        out = [e(x) for e, x in zip(self.embeds, xs)]
+        return out[0] if self.mix is None else self.mix(torch.cat(out, -1))

@@ -1,0 +1,63 @@
+"""Addresses on an interval (Uniform, Beta, ...): a mixture of Betas stretched onto the prior's bounds.
+
+Bounds are read from the prior at each trace, so ``Uniform(0, x)`` with ``x`` an
+earlier latent gets a proposal on ``(0, x)``.  Concentrations are kept above 0.2 and
+values are clamped a hair inside the interval so densities stay finite.
+"""
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch.distributions.transforms import AffineTransform
+
+from .base import Mixture, ProposalFamily, broadcast_context, flat, mixture_init
+
+_EPS = 1e-6
+_SOFTPLUS_INV_ONE = 0.5413  # softplus(0.5413) ~= 1: untrained components are Uniform
+
+
+class _InteriorBeta(dist.Beta):
+    """Beta whose log density clamps values a hair inside (0, 1)."""
+
+    def log_prob(self, value):
+        return super().log_prob(value.clamp(_EPS, 1 - _EPS))
+
+    def sample(self, sample_shape=torch.Size()):
+        return super().sample(sample_shape).clamp(_EPS, 1 - _EPS)
+
+    def expand(self, batch_shape, _instance=None):
+        return _InteriorBeta(
+            self.concentration1.expand(batch_shape), self.concentration0.expand(batch_shape), validate_args=False
+        )
+
+
+class BetaIntervalProposal(ProposalFamily):
+    name = "beta_interval"
+
+    def __init__(self, num_components=3):
+        self.K = num_components
+
+    def num_params(self, spec):
+        return 3 * self.K
+
+    def context_size(self, spec):
+        return 2
+
+    def context(self, prior):
+        return broadcast_context(prior, prior.support.lower_bound, prior.support.upper_bound)
+
+    def features(self, value, context, spec):
+        lb, ub = context[..., 0], context[..., 1]
+        return flat(2 * (value - lb) / (ub - lb) - 1, spec)
+
+    def proposal(self, params, context):
+        p = params.unflatten(-1, (self.K, 3))
+        lb, ub = context[..., 0], context[..., 1]
+        a = 0.2 + F.softplus(p[..., 1] + _SOFTPLUS_INV_ONE)
+        b = 0.2 + F.softplus(p[..., 2] + _SOFTPLUS_INV_ONE)
+        base = Mixture(p[..., 0], _InteriorBeta(a, b, validate_args=False))
+        return dist.TransformedDistribution(base, [AffineTransform(lb, ub - lb)], validate_args=False)
+
+    def init_head(self, layer, spec):
+        # spread components: a skewed to the left, one flat, one skewed right
+        mixture_init(layer, self.K, layer.out_features // (3 * self.K), 3, spread_index=1, spread=1.0)

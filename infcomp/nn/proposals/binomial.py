@@ -1,0 +1,26 @@
+"""Bounded counts: a Binomial with the prior's total count and a logit added to the prior's."""
+
+import pyro.distributions as dist
+import torch
+
+from .base import ProposalFamily, broadcast_context, flat
+
+
+class BinomialProposal(ProposalFamily):
+    name = "binomial"
+    discrete = True
+
+    def num_params(self, spec):
+        return 1
+
+    def context_size(self, spec):
+        return 2
+
+    def context(self, prior):
+        return broadcast_context(prior, prior.total_count, prior.logits)
+
+    def features(self, value, context, spec):
+        return flat(value / context[..., 0].clamp(min=1), spec)
+
+    def proposal(self, params, context):
+        return dist.Binomial(total_count=context[..., 0], logits=context[..., 1] + params[..., 0], validate_args=False)

@@ -1,0 +1,51 @@
+"""Addresses on ``(lower, inf)`` (Gamma, Exponential, LogNormal, HalfNormal, ...):
+a mixture of log-Normals over ``x - lower``, located by moment-matching the prior."""
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch.distributions.transforms import AffineTransform, ExpTransform
+
+from .base import Mixture, ProposalFamily, broadcast_context, finite_or, flat, mixture_init
+
+
+def lower_bound(support):
+    return getattr(support, "lower_bound", 0.0)
+
+
+class LogNormalMixtureProposal(ProposalFamily):
+    name = "lognormal_mixture"
+
+    def __init__(self, num_components=3):
+        self.K = num_components
+
+    def num_params(self, spec):
+        return 3 * self.K
+
+    def context_size(self, spec):
+        return 3
+
+    def context(self, prior):
+        lb = torch.as_tensor(lower_bound(prior.support), dtype=torch.get_default_dtype())
+        mean = finite_or(prior.mean - lb, float("nan"))
+        var = finite_or(prior.variance, float("nan"))
+        ok = (mean > 0) & torch.isfinite(mean) & torch.isfinite(var)
+        sigma2 = torch.log1p(var / mean.clamp(min=1e-12) ** 2)
+        mu = torch.log(mean.clamp(min=1e-12)) - sigma2 / 2
+        mu = torch.where(ok, mu, torch.zeros_like(mu))
+        sigma = torch.where(ok & (sigma2 > 0), sigma2.clamp(min=1e-12).sqrt(), torch.ones_like(sigma2))
+        return broadcast_context(prior, lb, mu, sigma)
+
+    def features(self, value, context, spec):
+        z = (torch.log((value - context[..., 0]).clamp(min=1e-30)) - context[..., 1]) / context[..., 2]
+        return flat(z, spec)
+
+    def proposal(self, params, context):
+        p = params.unflatten(-1, (self.K, 3))
+        lb, mu, sigma = context[..., 0], context[..., 1:2], context[..., 2:3]
+        comp = dist.Normal(mu + sigma * p[..., 1], sigma * (F.softplus(p[..., 2] + 0.55) + 1e-3), validate_args=False)
+        base = Mixture(p[..., 0], comp)
+        return dist.TransformedDistribution(base, [ExpTransform(), AffineTransform(lb, 1.0)], validate_args=False)
+
+    def init_head(self, layer, spec):
+        mixture_init(layer, self.K, layer.out_features // (3 * self.K), 3, spread_index=1)

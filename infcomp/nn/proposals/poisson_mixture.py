@@ -1,0 +1,36 @@
+"""Unbounded counts (Poisson, Geometric, NegativeBinomial): a mixture of Poissons whose rates
+are the prior's mean scaled by the network."""
+
+import pyro.distributions as dist
+import torch
+
+from .base import Mixture, ProposalFamily, broadcast_context, finite_or, mixture_init
+
+
+class PoissonMixtureProposal(ProposalFamily):
+    name = "poisson_mixture"
+    discrete = True
+
+    def __init__(self, num_components=3):
+        self.K = num_components
+
+    def num_params(self, spec):
+        return 2 * self.K
+
+    def context_size(self, spec):
+        return 1
+
+    def context(self, prior):
+        return broadcast_context(prior, finite_or(prior.mean, 1.0).clamp(min=0.1))
+
+    def features(self, value, context, spec):
+        z = torch.log1p(value.float()) - torch.log1p(context[..., 0])
+        return z.reshape(z.shape[: z.dim() - len(spec.value_shape)] + (-1,))
+
+    def proposal(self, params, context):
+        p = params.unflatten(-1, (self.K, 2))
+        rate = context[..., :1] * torch.exp(p[..., 1].clamp(max=20.0))
+        return Mixture(p[..., 0], dist.Poisson(rate, validate_args=False))
+
+    def init_head(self, layer, spec):
+        mixture_init(layer, self.K, layer.out_features // (2 * self.K), 2, spread_index=1, spread=0.5)

@@ -1,0 +1,152 @@
+"""The weighted posterior that importance sampling returns.
+
+Keeps each sample's latent values and log weight, nothing else: no traces, no
+copies of the observation.  Sites that appear in only some samples (variable
+structure) keep the indices of the samples they appear in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["Posterior", "Marginal"]
+
+
+class Marginal:
+    """A weighted sample of one site's value.
+
+    ``values[i]`` has weight ``weights[i]`` (normalised over the samples where the
+    site exists); ``presence`` is the posterior probability that the site exists.
+    """
+
+    def __init__(self, name, values, weights, presence=1.0):
+        self.name = name
+        self.values = values
+        self.weights = weights
+        self.presence = float(presence)
+
+    def _w(self):
+        return self.weights.reshape((-1,) + (1,) * (self.values.dim() - 1)).to(torch.float64)
+
+    @property
+    def mean(self):
+        return (self._w() * self.values.to(torch.float64)).sum(0)
+
+    @property
+    def variance(self):
+        d = self.values.to(torch.float64) - self.mean
+        return (self._w() * d * d).sum(0)
+
+    @property
+    def std(self):
+        return self.variance.sqrt()
+
+    def sample(self, n, generator=None):
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return self.values[idx]
+
+    def quantile(self, q):
+        """Weighted quantile(s) of a scalar site."""
+        if self.values.dim() != 1:
+            raise ValueError(f"quantile needs a scalar site; {self.name!r} has shape {tuple(self.values.shape[1:])}")
+        v, order = torch.sort(self.values.to(torch.float64))
+        cdf = torch.cumsum(self.weights.to(torch.float64)[order], 0)
+        q = torch.as_tensor(q, dtype=torch.float64)
+        idx = torch.searchsorted(cdf, q * cdf[-1]).clamp(max=len(v) - 1)
+        return v[idx]
+
+    def histogram(self, bins=30, range=None):
+        """``(density, edges)`` of a scalar site, weighted."""
+        v = self.values.to(torch.float64).reshape(-1)
+        lo, hi = range if range is not None else (float(v.min()), float(v.max()))
+        if hi <= lo:
+            hi = lo + 1.0
+        density, edges = torch.histogram(v, bins=bins, range=(lo, hi), weight=self.weights.to(torch.float64), density=True)
+        return density, edges
+
+    def probs(self):
+        """``{value: probability}`` of a discrete scalar site."""
+        out = {}
+        for v, w in zip(self.values.tolist(), self.weights.tolist()):
+            key = tuple(v) if isinstance(v, list) else v
+            out[key] = out.get(key, 0.0) + w
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def plot(self, path=None, ax=None, bins=40, exact=None, label="posterior"):
+        """Histogram of a scalar site; ``exact``: an optional ``callable(x) -> density`` drawn over it."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        own = ax is None
+        if own:
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+        density, edges = self.histogram(bins)
+        ax.stairs(density.numpy(), edges.numpy(), fill=True, alpha=0.5, label=label)
+        if exact is not None:
+            xs = torch.linspace(float(edges[0]), float(edges[-1]), 200)
+            ax.plot(xs.numpy(), exact(xs).numpy(), "k-", lw=1.5, label="exact")
+        ax.set_xlabel(self.name)
+        ax.set_ylabel("density")
+        ax.legend()
+        if own:
+            fig.tight_layout()
+            if path is not None:
+                fig.savefig(path, dpi=120)
+            plt.close(fig)
+        return ax
+
+    def __repr__(self):
+        return f"Marginal({self.name!r}, n={len(self.weights)}, presence={self.presence:.3g})"
+
+
+class Posterior:
+    def __init__(self, log_weights: torch.Tensor, samples: dict):
+        """``samples``: site -> ``(indices, values)``, ``values[j]`` from sample ``indices[j]``."""
+        self.log_weights = log_weights
+        self._samples = samples
+
+    @property
+    def num_samples(self):
+        return len(self.log_weights)
+
+    @property
+    def sites(self):
+        return list(self._samples)
+
+    @property
+    def weights(self):
+        """Normalised importance weights."""
+        return torch.softmax(self.log_weights.to(torch.float64), 0)
+
+    @property
+    def ess(self) -> float:
+        """Effective sample size ``(sum w)^2 / sum w^2``."""
+        lw = self.log_weights.to(torch.float64)
+        return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
+
+    @property
+    def log_evidence(self) -> float:
+        """``log p(observation)`` estimate: log of the mean unnormalised weight."""
+        return float(torch.logsumexp(self.log_weights.to(torch.float64), 0) - math.log(self.num_samples))
+
+    def marginal(self, name) -> Marginal:
+        if name not in self._samples:
+            raise KeyError(f"no latent site {name!r} in this posterior; its sites: {self.sites}")
+        idx, values = self._samples[name]
+        lw = self.log_weights.to(torch.float64)
+        w = torch.softmax(lw[idx], 0) if len(idx) else torch.zeros(0, dtype=torch.float64)
+        presence = float(torch.exp(torch.logsumexp(lw[idx], 0) - torch.logsumexp(lw, 0))) if len(idx) else 0.0
+        return Marginal(name, values, w, presence)
+
+    def mean(self, name):
+        return self.marginal(name).mean
+
+    def std(self, name):
+        return self.marginal(name).std
+
+    def __repr__(self):
+        return f"Posterior(num_samples={self.num_samples}, ess={self.ess:.1f}, log_evidence={self.log_evidence:.4g}, sites={self.sites})"

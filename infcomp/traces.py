@@ -1,0 +1,213 @@
+"""Run a model forward and read its trace: the address table and a trace's latent values.
+
+An *address* is a Pyro sample-site name.  For every latent site the address table
+records a :class:`SiteSpec`: the proposal family fitted to its prior, the shape of
+its value and how many of those dimensions are event dimensions.  A trace becomes
+a :class:`TraceRecord`: its *structure* (the sequence of latent addresses, in the
+order the model sampled them), each latent's value and the prior context its
+proposal needs, and the values at the observed sites.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import pyro
+import torch
+import pyro.poutine as poutine
+from pyro.poutine.messenger import Messenger
+
+from .nn.proposals import FAMILIES, fit_family, unwrap
+
+__all__ = [
+    "SiteSpec",
+    "ObservationSpec",
+    "TraceRecord",
+    "Unobserve",
+    "PriorSampler",
+    "site_spec",
+    "is_latent",
+    "normalize_observe",
+]
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """What the guide knows about one address."""
+
+    name: str
+    family: str  # proposal family (see infcomp.nn.proposals)
+    dist: str  # the prior's class name, for messages
+    value_shape: tuple
+    event_dim: int
+    num_categories: int = 0
+
+    @property
+    def signature(self):
+        """Sites with equal signatures share shapes, so the network batches them together."""
+        return (self.family, self.value_shape, self.num_categories)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["value_shape"] = tuple(d["value_shape"])
+        return cls(**d)
+
+    def describe(self):
+        return f"{self.dist}{list(self.value_shape)}"
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    name: str
+    shape: tuple
+    dtype: str
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+
+@dataclass
+class TraceRecord:
+    structure: tuple  # latent addresses, in sampling order
+    values: tuple  # one tensor per address, shape SiteSpec.value_shape
+    contexts: tuple  # one tensor per address, shape value_shape + (context size,)
+    observation: dict = field(default_factory=dict)  # observed site -> value
+
+
+def normalize_observe(observe) -> tuple:
+    if isinstance(observe, str):
+        return (observe,)
+    try:
+        names = tuple(observe)
+    except TypeError:
+        raise TypeError(f"observe must be a site name or a list of site names, got {observe!r}") from None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"observe must be a site name or a non-empty list of site names, got {observe!r}")
+    return names
+
+
+def site_spec(name: str, fn) -> SiteSpec:
+    family = fit_family(fn)
+    base, event_dim = unwrap(fn)
+    k = int(base.logits.shape[-1]) if family == "categorical" else 0
+    return SiteSpec(name, family, type(base).__name__, tuple(fn.shape()), event_dim, k)
+
+
+def is_latent(site) -> bool:
+    """A sample site the guide proposes for: not observed, not deterministic, not auxiliary."""
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("_deterministic", False)
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+class Unobserve(Messenger):
+    """Sample the named sites from the model even where it passes ``obs=``: prior draws of the data."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = frozenset(names)
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.names and msg["is_observed"]:
+            msg["is_observed"] = False
+            msg["value"] = None
+            msg["infer"]["was_observed"] = True
+
+
+class PriorSampler:
+    """Draws prior traces of a model and turns them into :class:`TraceRecord` s.
+
+    Keeps the address table of every site it has met, and raises if a site comes
+    back with another family or shape (an address must mean one thing).
+    """
+
+    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=FAMILIES, validate=True):
+        self.model = model
+        self.observe = normalize_observe(observe)
+        self.args = tuple(model_args)
+        self.kwargs = dict(model_kwargs or {})
+        self.families = families
+        self.validate = validate  # Pyro's argument checks; training workers turn them off for speed
+        self.specs: dict[str, SiteSpec] = {}
+        self._known = {}  # name -> (prior class, shape): a cheap identity check per trace
+        self._warned = set()
+        self._runner = poutine.trace(Unobserve(self.observe)(model))
+
+    def spec_for(self, name, fn) -> SiteSpec:
+        key = (type(fn), fn.batch_shape, fn.event_shape)
+        known = self._known.get(name)
+        if known is not None and known == key:
+            return self.specs[name]
+        spec = site_spec(name, fn)
+        old = self.specs.get(name)
+        if old is not None:
+            check_consistent(old, spec)
+        else:
+            self.specs[name] = spec
+            if spec.family == "prior" and spec.dist != "Delta" and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"site {name!r}: no proposal family fits {spec.describe()}; "
+                    "it proposes from its prior",
+                    stacklevel=3,
+                )
+        self._known[name] = key
+        return spec
+
+    def sample(self) -> TraceRecord:
+        with pyro.validation_enabled(self.validate):
+            trace = self._runner.get_trace(*self.args, **self.kwargs)
+        structure, values, contexts, observation = [], [], [], {}
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if name in self.observe:
+                observation[name] = site["value"].detach()
+                continue
+            if not is_latent(site):
+                continue
+            fn = site["fn"]
+            spec = self.spec_for(name, fn)
+            base, _ = unwrap(fn)
+            structure.append(name)
+            values.append(site["value"].detach())
+            contexts.append(self.families[spec.family].context(base).detach())
+        missing = [n for n in self.observe if n not in observation]
+        if missing:
+            raise ValueError(
+                f"observe names site {missing[0]!r}, but the model never samples it "
+                f"(its sample sites: {[n for n, s in trace.nodes.items() if s['type'] == 'sample']})"
+            )
+        return TraceRecord(tuple(structure), tuple(values), tuple(contexts), observation)
+
+
+def check_consistent(old: SiteSpec, new: SiteSpec):
+    if old.family != new.family or old.dist != new.dist:
+        raise ValueError(
+            f"site {old.name!r} was sampled from {old.dist} before and from {new.dist} now: "
+            "an address must keep one distribution family (give the two sites different names)"
+        )
+    if old.value_shape != new.value_shape or old.num_categories != new.num_categories:
+        raise ValueError(
+            f"site {old.name!r} changed shape between runs: {old.describe()} before, "
+            f"{new.describe()} now" + (f" with {new.num_categories} categories (was {old.num_categories})" if old.num_categories != new.num_categories else "")
+        )
+
+
+def observation_specs(record: TraceRecord) -> dict:
+    return {
+        n: ObservationSpec(n, tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        for n, v in record.observation.items()
+    }

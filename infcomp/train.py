@@ -1,0 +1,182 @@
+"""Compilation: train the guide on the model's own prior draws, loss ``-log q(latents | observation)``.
+
+Traces stream from worker processes; the main process takes Adam steps on
+batches grouped by structure.  Addresses met for the first time get their
+modules at once and join the optimiser as a new parameter group, so the state
+of every existing parameter is kept.  A fixed validation set of traces tracks
+progress; ``num_traces`` or ``minutes`` ends the run; a guide passed back in
+resumes where it stopped, optimiser state included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from .data import batch_stream, collate
+from .guide import Guide
+from .nn.network import InferenceNetwork, NetworkConfig
+from .traces import PriorSampler, normalize_observe, observation_specs
+
+__all__ = ["compile", "Trainer"]
+
+
+def _check_validation(records, observe):
+    if not any(r.structure for r in records):
+        raise ValueError(
+            f"the model has no latent sites (only {list(observe)} and fixed data): there is nothing to infer"
+        )
+    first = records[0].observation
+    for r in records[1:]:
+        for n, v in r.observation.items():
+            if v.shape != first[n].shape:
+                raise ValueError(
+                    f"observed site {n!r} changes shape between runs ({tuple(first[n].shape)} vs {tuple(v.shape)}): "
+                    "an observation must have one shape"
+                )
+
+
+class Trainer:
+    """One training run of a guide: the optimiser, the validation set and the step."""
+
+    def __init__(self, guide: Guide, sampler: PriorSampler, validation, lr, batch_size, device):
+        self.guide, self.sampler = guide, sampler
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        net = guide.network
+        core = [p for n, p in net.named_parameters() if not n.startswith("sites.")]
+        self.optimizer = torch.optim.Adam([{"params": core}], lr=lr)
+        for name in net.specs:  # one group per address, in the order the addresses were added
+            self.optimizer.add_param_group({"params": list(net.site(name).parameters())})
+        if guide.optimizer_state is not None:
+            self.optimizer.load_state_dict(guide.optimizer_state)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+        self.add_sites(sampler.specs)
+        self.validation = [
+            collate(validation[i : i + batch_size], sampler.specs).to(self.device)
+            for i in range(0, len(validation), batch_size)
+        ]
+
+    def add_sites(self, specs: dict):
+        net = self.guide.network
+        for name, spec in specs.items():
+            if name not in net.specs:
+                self.optimizer.add_param_group({"params": net.add_site(spec)})
+
+    def step(self, batch) -> float:
+        self.add_sites(batch.specs)
+        loss = -self.guide.network.log_q(batch.to(self.device)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.guide.network.parameters(), 100.0)
+        self.optimizer.step()
+        return float(loss)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        total = sum(float(-self.guide.network.log_q(b).sum()) for b in self.validation)
+        return total / sum(b.size for b in self.validation)
+
+
+def compile(
+    model,
+    observe,
+    num_traces=None,
+    *,
+    minutes=None,
+    model_args=(),
+    model_kwargs=None,
+    guide=None,
+    batch_size=64,
+    lr=1e-3,
+    workers=None,
+    seed=None,
+    device="cpu",
+    embedding=None,
+    config=None,
+    validation_size=512,
+    validate_every=2.0,
+    progress=True,
+) -> Guide:
+    """Compile ``model`` into a guide by training on its prior draws.
+
+    :param observe: the observed site name, or a list of them.
+    :param num_traces: stop after this many training traces (default 10,000 if ``minutes`` is not given).
+    :param minutes: stop after this much wall-clock time.
+    :param guide: a guide to go on training (resumes its optimiser state).
+    :param workers: processes drawing traces (default: CPU cores - 1; 0 draws them in this process).
+    :param seed: makes the run reproducible (for a fixed number of workers).
+    :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]``.
+    :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields.
+    :param validate_every: seconds between validation-loss evaluations.
+    """
+    observe = normalize_observe(observe)
+    if num_traces is None and minutes is None:
+        num_traces = 10_000
+    if workers is None:
+        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    model_kwargs = dict(model_kwargs or {})
+    sampler = PriorSampler(model, observe, model_args, model_kwargs)
+
+    validation = [sampler.sample() for _ in range(validation_size)]
+    _check_validation(validation, observe)
+    obs_specs = observation_specs(validation[0])
+    if guide is None:
+        if isinstance(config, dict):
+            config = NetworkConfig(**config)
+        network = InferenceNetwork(obs_specs, config, embedding)
+        network.embed.set_normalization(
+            {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
+        )
+        guide = Guide(network.to(device), observe, model, model_args, model_kwargs)
+    else:
+        if tuple(guide.observe) != observe:
+            raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
+        guide.bind_model(model, model_args, model_kwargs)
+    trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
+
+    stream_seed = (seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + guide.traces_trained
+    threads = torch.get_num_threads()
+    if workers > 0:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    stream = batch_stream(sampler, batch_size, stream_seed, workers)
+    start = time.perf_counter()
+    deadline = start + 60 * minutes if minutes is not None else math.inf
+    target = num_traces if num_traces is not None else math.inf
+    done, last_val, val = 0, -math.inf, float("nan")
+    bar = tqdm(
+        total=num_traces if num_traces is not None else None,
+        disable=not progress,
+        unit="trace",
+        desc="compiling",
+        smoothing=0.1,
+    )
+    try:
+        while done < target and time.perf_counter() < deadline:
+            batch = next(stream)
+            loss = trainer.step(batch)
+            done += batch.size
+            guide.traces_trained += batch.size
+            bar.update(batch.size)
+            now = time.perf_counter()
+            if now - last_val >= validate_every or done >= target or now >= deadline:
+                val = trainer.validation_loss()
+                last_val = now
+                guide.history.append((guide.traces_trained, loss, val))
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
+    finally:
+        bar.close()
+        del stream
+        torch.set_num_threads(threads)
+    elapsed = time.perf_counter() - start
+    guide.optimizer_state = trainer.optimizer.state_dict()
+    guide.last_run = {"traces": done, "seconds": elapsed, "traces_per_second": done / max(elapsed, 1e-9), "validation_loss": val}
+    return guide

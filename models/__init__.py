@@ -1,0 +1,1 @@
+"""Generative models for :mod:`infcomp` (installed as ``infcomp_models``)."""

@@ -1,0 +1,349 @@
+"""A fast, deterministic text-CAPTCHA renderer (Pillow + NumPy; knows nothing of Pyro).
+
+:func:`render` turns a :class:`CaptchaSpec` (the latents) and an integer seed into a
+``float32`` array of shape ``(height, width)`` with values in ``[0, 1]``: 1.0 is white
+paper, 0.0 black ink.  The seed drives only the nuisance randomness (clutter
+positions, the elastic field's random values and pixel noise); everything else is
+read from the spec, so ``render(spec, seed)`` is a pure function.
+
+Pipeline, all on an ink-*coverage* map (0 = paper, 1 = ink):
+
+1. glyphs (cached per font, size, character and stroke) are rotated, laid out along a
+   baseline with kerning and per-letter offsets, and the text block is placed at a
+   fraction (``x_position``, ``y_position``) of the free space, so it stays inside
+   the image whenever it fits;
+2. clutter drawn with the ink: lines and arcs through the text, ellipses, dots;
+3. one bilinear remap combining shear, a sinusoidal wave and an elastic field
+   (Simard et al. 2003);
+4. Gaussian blur (separable, as two small matrix products);
+5. coverage mixed between the background (a level plus a linear gradient) and the
+   ink intensity, then Gaussian pixel noise, clipped to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .fonts import load_font
+
+__all__ = [
+    "CaptchaSpec",
+    "render",
+    "render_coverage",
+    "elastic_field",
+    "gaussian_smoothing_matrix",
+    "remap",
+    "seed_from_uniform",
+]
+
+FloatOrSeq = Union[float, Sequence[float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptchaSpec:
+    """Every latent a CAPTCHA image depends on (lengths in pixels, angles in degrees).
+
+    Per-letter fields (``font``, ``rotation``, ``dx``, ``dy``) take one value for all
+    letters or a sequence with one value per letter.
+    """
+
+    text: str
+    height: int = 32
+    width: int = 96
+    font: Union[str, Sequence[str]] = "DejaVuSans"
+    font_size: float = 24.0  #: rounded to an integer pixel size
+    kerning: float = 0.0  #: extra space between letters (negative: overlap)
+    rotation: FloatOrSeq = 0.0  #: per-letter rotation, degrees counter-clockwise
+    dx: FloatOrSeq = 0.0  #: per-letter horizontal offset
+    dy: FloatOrSeq = 0.0  #: per-letter vertical offset (down is positive)
+    x_position: float = 0.5  #: where the text block sits in the horizontal free space (0 left, 1 right)
+    y_position: float = 0.5  #: ... and in the vertical free space (0 top, 1 bottom)
+    stroke: int = 0  #: extra stroke width (bolder letters)
+    hollow: bool = False  #: draw letter outlines only
+    # geometric distortion
+    shear: float = 0.0  #: horizontal shear, pixels of x per pixel of y from the centre
+    wave_amplitude: float = 0.0  #: vertical sinusoidal displacement amplitude
+    wave_period: float = 48.0  #: its period along x
+    wave_phase: float = 0.0  #: its phase, radians
+    elastic_alpha: float = 0.0  #: elastic displacement scale (Simard et al. 2003)
+    elastic_sigma: float = 4.0  #: width of the Gaussian smoothing the elastic field
+    # clutter (drawn with the ink, before the geometric distortion)
+    num_lines: int = 0  #: straight strokes crossing the text
+    line_width: int = 1
+    num_arcs: int = 0  #: elliptic arcs through the text
+    arc_width: int = 1
+    num_ellipses: int = 0  #: ellipse outlines anywhere
+    num_dots: int = 0  #: small filled discs anywhere
+    dot_radius: float = 1.0
+    clutter_ink: float = 1.0  #: coverage of clutter strokes (1 = as dark as the text)
+    # photometric
+    ink: float = 0.0  #: ink intensity
+    background: float = 1.0  #: paper intensity
+    gradient: float = 0.0  #: background gradient amplitude (added in [-gradient/2, gradient/2])
+    gradient_angle: float = 0.0  #: gradient direction, radians
+    blur: float = 0.0  #: Gaussian blur sigma
+    noise: float = 0.0  #: standard deviation of Gaussian pixel noise
+
+
+def seed_from_uniform(u: float) -> int:
+    """Map a ``Uniform(0, 1)`` value (a model's ``noise_seed`` site) to a renderer seed."""
+    return int(min(max(float(u), 0.0), 1.0) * (2**31 - 1))
+
+
+def _per_letter(value, n: int, name: str) -> list:
+    if isinstance(value, (str, int, float, np.floating, np.integer)):
+        return [value] * n
+    values = list(value)
+    if len(values) == 1:
+        return values * n
+    if len(values) < n:
+        raise ValueError(f"{name} has {len(values)} values for {n} letters")
+    return values[:n]
+
+
+# --------------------------------------------------------------------------- glyphs
+
+
+@functools.lru_cache(maxsize=8192)
+def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool):
+    """(mask image or None, left, top, advance): the glyph's ink mask with its top-left
+    corner relative to the pen position on the baseline."""
+    font = load_font(font_name, size)
+    sw = max(stroke, 1) if hollow else stroke
+    advance = font.getlength(char)
+    left, top, right, bottom = font.getbbox(char, anchor="ls", stroke_width=sw)
+    if right <= left or bottom <= top:
+        return None, 0, 0, advance
+    mask = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(mask).text(
+        (-left, -top), char, font=font, anchor="ls", fill=0 if hollow else 255, stroke_width=sw, stroke_fill=255
+    )
+    return mask, left, top, advance
+
+
+@functools.lru_cache(maxsize=4096)
+def _rotated_glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, angle: float):
+    """The glyph rotated by ``angle`` degrees about its centre (cached; angles are
+    quantised to 0.5 degrees by the caller)."""
+    mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow)
+    if mask is None or angle == 0.0:
+        return mask, float(left), float(top), advance
+    w, h = mask.size
+    rot = mask.rotate(angle, resample=Image.BILINEAR, expand=True)
+    rw, rh = rot.size
+    return rot, left + (w - rw) / 2.0, top + (h - rh) / 2.0, advance
+
+
+# --------------------------------------------------------------------------- warps
+
+
+@functools.lru_cache(maxsize=256)
+def gaussian_smoothing_matrix(n: int, sigma: float) -> np.ndarray:
+    """``n x n`` row-normalised Gaussian smoothing matrix (``M @ x`` smooths ``x`` along
+    its first axis); the identity for ``sigma <= 0``."""
+    if sigma <= 0:
+        return np.eye(n, dtype=np.float32)
+    idx = np.arange(n, dtype=np.float64)
+    m = np.exp(-0.5 * ((idx[:, None] - idx[None, :]) / sigma) ** 2)
+    m /= m.sum(axis=1, keepdims=True)
+    m = m.astype(np.float32)
+    m.flags.writeable = False
+    return m
+
+
+def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian smoothing of the last two axes (sigma quantised to 0.05 px)."""
+    sigma = round(float(sigma) * 20.0) / 20.0
+    if sigma <= 0:
+        return a
+    h, w = a.shape[-2:]
+    return gaussian_smoothing_matrix(h, sigma) @ a @ gaussian_smoothing_matrix(w, sigma).T
+
+
+def elastic_field(shape: tuple[int, int], alpha: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Simard et al. (2003) elastic displacement: array ``(2, H, W)`` of (dx, dy).
+
+    Each component is uniform(-1, 1) per pixel, smoothed by a Gaussian of width
+    ``sigma`` (separable, row-normalised) and scaled by ``alpha``.  ``alpha = 0``
+    gives the zero field, i.e. the identity warp under :func:`remap`.
+    """
+    h, w = shape
+    raw = rng.uniform(-1.0, 1.0, size=(2, h, w)).astype(np.float32)
+    return (float(alpha) * _smooth(raw, sigma)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(h: int, w: int):
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def remap(image: np.ndarray, dx: np.ndarray, dy: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Bilinear backward warp: ``out[y, x] = image[y + dy[y, x], x + dx[y, x]]``, with
+    ``fill`` outside the image.  Zero displacement is exactly the identity."""
+    h, w = image.shape
+    xs, ys = _grid(h, w)
+    padded = np.full((h + 2, w + 2), fill, dtype=np.float32)
+    padded[1:-1, 1:-1] = image
+    sx = np.clip(xs + dx, -1.0, float(w)) + 1.0
+    sy = np.clip(ys + dy, -1.0, float(h)) + 1.0
+    x0 = np.minimum(np.floor(sx), w).astype(np.intp)
+    y0 = np.minimum(np.floor(sy), h).astype(np.intp)
+    fx = (sx - x0).astype(np.float32)
+    fy = (sy - y0).astype(np.float32)
+    flat = padded.ravel()
+    i00 = y0 * (w + 2) + x0
+    v00 = flat[i00]
+    v01 = flat[i00 + 1]
+    v10 = flat[i00 + (w + 2)]
+    v11 = flat[i00 + (w + 3)]
+    top = v00 + fx * (v01 - v00)
+    bottom = v10 + fx * (v11 - v10)
+    return top + fy * (bottom - top)
+
+
+# --------------------------------------------------------------------------- render
+
+
+def _layout(spec: CaptchaSpec):
+    """Rotated glyphs and their float top-left positions, text block placed in the image."""
+    n = len(spec.text)
+    fonts = _per_letter(spec.font, n, "font")
+    rotations = _per_letter(spec.rotation, n, "rotation")
+    dxs = _per_letter(spec.dx, n, "dx")
+    dys = _per_letter(spec.dy, n, "dy")
+    size = max(int(round(float(spec.font_size))), 1)
+    stroke = int(spec.stroke)
+    hollow = bool(spec.hollow)
+    kerning = float(spec.kerning)
+    placed = []
+    pen = 0.0
+    x_min = y_min = math.inf
+    x_max = y_max = -math.inf
+    for i, ch in enumerate(spec.text):
+        angle = round(float(rotations[i]) * 2.0) / 2.0
+        mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle)
+        if mask is not None:
+            x = pen + left + float(dxs[i])
+            y = top + float(dys[i])
+            w, h = mask.size
+            placed.append((mask, x, y))
+            x_min, y_min = min(x_min, x), min(y_min, y)
+            x_max, y_max = max(x_max, x + w), max(y_max, y + h)
+        pen += advance + kerning
+    if not placed:
+        return [], (0.0, 0.0, 0.0, 0.0)
+    shift_x = float(spec.x_position) * (spec.width - (x_max - x_min)) - x_min
+    shift_y = float(spec.y_position) * (spec.height - (y_max - y_min)) - y_min
+    placed = [(m, x + shift_x, y + shift_y) for m, x, y in placed]
+    box = (x_min + shift_x, y_min + shift_y, x_max + shift_x, y_max + shift_y)
+    return placed, box
+
+
+def _draw_clutter(canvas: Image.Image, spec: CaptchaSpec, box, rng: np.random.Generator) -> None:
+    h, w = spec.height, spec.width
+    fill = int(round(255 * min(max(float(spec.clutter_ink), 0.0), 1.0)))
+    draw = ImageDraw.Draw(canvas)
+    bx0, by0, bx1, by1 = box
+    if bx1 <= bx0:  # no text: use the whole image
+        bx0, by0, bx1, by1 = 0.0, 0.0, float(w), float(h)
+    by0, by1 = max(by0, 0.0), min(by1, float(h))
+    if by1 <= by0:
+        by0, by1 = 0.0, float(h)
+    for _ in range(int(spec.num_lines)):
+        # from the left part of the image to the right part, through the text band
+        x0, x1 = rng.uniform(0, 0.25 * w), rng.uniform(0.75 * w, w)
+        y0, y1 = rng.uniform(by0, by1, size=2)
+        draw.line([(x0, y0), (x1, y1)], fill=fill, width=max(int(spec.line_width), 1))
+    for _ in range(int(spec.num_arcs)):
+        # an ellipse around the text band, of which an arc crosses the text
+        cx = rng.uniform(bx0, bx1)
+        cy = rng.uniform(by0, by1) + rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 1.0) * h
+        rx = rng.uniform(0.3, 1.0) * w
+        ry = abs(cy - 0.5 * (by0 + by1)) + rng.uniform(0, 0.2 * h) + 1.0
+        start = rng.uniform(0, 360)
+        draw.arc([cx - rx, cy - ry, cx + rx, cy + ry], start, start + rng.uniform(60, 200), fill=fill,
+                 width=max(int(spec.arc_width), 1))
+    for _ in range(int(spec.num_ellipses)):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        rx, ry = rng.uniform(2, 0.3 * w), rng.uniform(2, 0.5 * h)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=fill, width=max(int(spec.line_width), 1))
+    n_dots = int(spec.num_dots)
+    if n_dots:
+        xs, ys = rng.uniform(0, w, n_dots), rng.uniform(0, h, n_dots)
+        rs = float(spec.dot_radius) * rng.uniform(0.5, 1.5, n_dots)
+        for x, y, r in zip(xs.tolist(), ys.tolist(), rs.tolist()):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+
+
+def render_coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
+    """Ink coverage (0 paper, 1 ink) after clutter and geometric distortion, before
+    blur, background and noise.  ``float32``, shape ``(height, width)``."""
+    return _coverage(spec, int(seed))
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent generator per purpose, so e.g. the elastic field does not change
+    when the number of clutter strokes does."""
+    return np.random.default_rng([stream, seed])
+
+
+_CLUTTER, _ELASTIC, _NOISE = 1, 2, 3
+
+
+def _coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
+    h, w = int(spec.height), int(spec.width)
+    canvas = Image.new("L", (w, h), 0)
+    placed, box = _layout(spec)
+    for mask, x, y in placed:
+        canvas.paste(255, (int(round(x)), int(round(y))), mask)
+    if spec.num_lines or spec.num_arcs or spec.num_ellipses or spec.num_dots:
+        _draw_clutter(canvas, spec, box, _rng(seed, _CLUTTER))
+    cov = np.asarray(canvas, dtype=np.float32) * np.float32(1.0 / 255.0)
+
+    # one remap for shear + wave + elastic
+    field = None
+    if spec.elastic_alpha:
+        field = elastic_field((h, w), spec.elastic_alpha, spec.elastic_sigma, _rng(seed, _ELASTIC))
+    dx = dy = None
+    if spec.shear or spec.wave_amplitude or field is not None:
+        xs, ys = _grid(h, w)
+        dx = np.zeros((h, w), np.float32) if field is None else field[0]
+        dy = np.zeros((h, w), np.float32) if field is None else field[1]
+        if spec.shear:
+            dx = dx + np.float32(spec.shear) * (ys - np.float32((h - 1) / 2.0))
+        if spec.wave_amplitude:
+            period = max(float(spec.wave_period), 1.0)
+            wave = float(spec.wave_amplitude) * np.sin(2.0 * np.pi * xs[0] / period + float(spec.wave_phase))
+            dy = dy + wave.astype(np.float32)[None, :]
+        cov = remap(cov, dx, dy)
+    return cov
+
+
+def render(spec: CaptchaSpec, seed: int) -> np.ndarray:
+    """Render ``spec``: ``float32`` array ``(height, width)`` in ``[0, 1]``, 1 = paper.
+
+    Deterministic given ``spec`` and ``seed``; ``seed`` drives only clutter
+    positions, the elastic field's random values and the pixel noise.
+    """
+    seed = int(seed)
+    cov = _coverage(spec, seed)
+    h, w = cov.shape
+    if spec.blur > 0:
+        cov = _smooth(cov, spec.blur)
+    bg = float(spec.background)
+    if spec.gradient:
+        xs, ys = _grid(h, w)
+        a = float(spec.gradient_angle)
+        ramp = math.cos(a) * (xs / max(w - 1, 1) - 0.5) + math.sin(a) * (ys / max(h - 1, 1) - 0.5)
+        bg = bg + float(spec.gradient) * ramp
+    img = bg + (float(spec.ink) - bg) * cov
+    if spec.noise > 0:
+        img = img + np.float32(spec.noise) * _rng(seed, _NOISE).standard_normal((h, w), dtype=np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)

@@ -1,0 +1,146 @@
+"""The CAPTCHA renderer (infcomp_models.captcha.render / fonts / gallery)."""
+
+import numpy as np
+import pytest
+
+import infcomp_models.captcha as captcha
+from infcomp_models.captcha import fonts
+from infcomp_models.captcha.render import CaptchaSpec, elastic_field, remap, render, render_coverage
+
+CLEAN = CaptchaSpec("Ab3x", height=32, width=96, font="DejaVuSans", font_size=20)
+BUSY = CaptchaSpec(
+    "Kq7Zw",
+    height=32,
+    width=96,
+    font=("DejaVuSerif", "DejaVuSans-Bold", "STIXGeneral", "cmr10", "DejaVuSansMono"),
+    font_size=22,
+    kerning=-2.0,
+    rotation=(10.0, -20.0, 5.0, 0.0, 30.0),
+    dy=(1.0, -1.0, 2.0, 0.0, -2.0),
+    shear=0.2,
+    wave_amplitude=2.0,
+    wave_period=40.0,
+    wave_phase=1.0,
+    elastic_alpha=15.0,
+    elastic_sigma=3.0,
+    num_lines=2,
+    num_arcs=1,
+    num_ellipses=1,
+    num_dots=10,
+    blur=0.7,
+    gradient=0.3,
+    gradient_angle=0.5,
+    noise=0.1,
+    hollow=True,
+)
+
+
+@pytest.mark.parametrize("spec", [CLEAN, BUSY], ids=["clean", "busy"])
+def test_dtype_shape_range(spec):
+    img = render(spec, 3)
+    assert isinstance(img, np.ndarray)
+    assert img.dtype == np.float32
+    assert img.shape == (spec.height, spec.width)
+    assert np.isfinite(img).all()
+    assert img.min() >= 0.0 and img.max() <= 1.0
+    assert img.min() < 0.5 < img.max()  # some ink, some paper
+
+
+@pytest.mark.parametrize("spec", [CLEAN, BUSY], ids=["clean", "busy"])
+def test_deterministic_under_seed(spec):
+    assert np.array_equal(render(spec, 123), render(spec, 123))
+
+
+def test_different_seeds_differ():
+    assert not np.array_equal(render(BUSY, 1), render(BUSY, 2))
+
+
+def test_seed_irrelevant_without_nuisance():
+    # no clutter, elastic field or noise: the seed has nothing to drive
+    assert np.array_equal(render(CLEAN, 1), render(CLEAN, 2))
+
+
+def test_paper_and_ink_levels():
+    img = render(CLEAN, 0)
+    assert img.max() == 1.0 and img.min() == 0.0
+    grey = render(CaptchaSpec("Ab3x", ink=0.3, background=0.8), 0)
+    assert np.isclose(grey.max(), 0.8) and np.isclose(grey.min(), 0.3, atol=1e-3)
+
+
+def test_text_stays_inside_when_it_fits():
+    cov = render_coverage(CaptchaSpec("abc", height=32, width=96, font_size=18), 0)
+    assert cov[:, 0].max() == 0 and cov[:, -1].max() == 0
+    assert cov[0].max() == 0 and cov[-1].max() == 0
+    # x_position moves it
+    left = render_coverage(CaptchaSpec("abc", font_size=18, x_position=0.0), 0)
+    right = render_coverage(CaptchaSpec("abc", font_size=18, x_position=1.0), 0)
+    cols = np.arange(96)
+    assert (left.sum(0) * cols).sum() / left.sum() < (right.sum(0) * cols).sum() / right.sum()
+
+
+def test_elastic_alpha_zero_is_identity():
+    rng = np.random.default_rng(0)
+    field = elastic_field((32, 96), 0.0, 4.0, rng)
+    assert field.shape == (2, 32, 96) and not field.any()
+    img = rng.uniform(size=(32, 96)).astype(np.float32)
+    assert np.array_equal(remap(img, field[0], field[1]), img)
+    # and in the renderer: alpha = 0 renders exactly as no elastic field at all
+    with_zero = CaptchaSpec("Ab3x", elastic_alpha=0.0, elastic_sigma=2.0, noise=0.1)
+    without = CaptchaSpec("Ab3x", noise=0.1)
+    assert np.array_equal(render(with_zero, 5), render(without, 5))
+
+
+def test_elastic_field_is_smooth_and_scaled():
+    f = elastic_field((32, 96), 10.0, 4.0, np.random.default_rng(1))
+    g = elastic_field((32, 96), 20.0, 4.0, np.random.default_rng(1))
+    assert np.allclose(g, 2 * f, atol=1e-5)
+    # smoothing: neighbouring displacements are strongly correlated
+    dx = f[0]
+    corr = np.corrcoef(dx[:, :-1].ravel(), dx[:, 1:].ravel())[0, 1]
+    assert corr > 0.9
+    assert np.abs(f).max() > 0.1
+
+
+def test_remap_integer_shift():
+    img = np.zeros((8, 10), np.float32)
+    img[3, 4] = 1.0
+    out = remap(img, np.full((8, 10), 1.0, np.float32), np.zeros((8, 10), np.float32))
+    assert out[3, 3] == 1.0 and out.sum() == 1.0  # sampling from x + 1 moves content left
+
+
+def test_per_letter_length_checked():
+    with pytest.raises(ValueError, match="rotation"):
+        render(CaptchaSpec("abcd", rotation=(1.0, 2.0)), 0)
+
+
+def test_every_font_loads_and_draws():
+    assert len(fonts.font_names()) >= 13
+    for required in ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSerif",
+                     "DejaVuSerif-Bold", "DejaVuSerif-Italic", "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic"):
+        assert required in fonts.FONTS
+    for name in fonts.font_names():
+        font = fonts.load_font(name, 20)
+        assert fonts.load_font(name, 20) is font  # cached by (name, size)
+        img = render(CaptchaSpec("Ag7", font=name, font_size=20), 0)
+        assert (img < 0.5).sum() > 20, name
+
+
+def test_unknown_font_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown font 'NoSuchFont'"):
+        fonts.load_font("NoSuchFont", 12)
+
+
+def test_missing_font_file_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(fonts.FONTS, "Ghost", "Ghost-does-not-exist.ttf")
+    with pytest.raises(FileNotFoundError, match="Ghost"):
+        fonts.font_path("Ghost")
+
+
+def test_gallery_writes_png(tmp_path):
+    images = [render(CLEAN, 0), render(BUSY, 1), captcha.STYLES["ebay"].sample(0)[0]]
+    titles = ["clean", "busy: p=0.93\nsecond line", "ébay ✓ {weird} $x$"]
+    path = captcha.save_gallery(images, titles, str(tmp_path / "sub" / "g.png"), ncols=2)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        captcha.save_gallery(images, ["one"], str(tmp_path / "bad.png"))
