@@ -1,87 +1,89 @@
-"""Training data: an endless stream of prior traces, collated into batches grouped by structure.
+"""Training data: an endless stream of prior traces, collated into batches of site groups.
 
 Traces are drawn in worker processes (``torch.utils.data.DataLoader`` over an
 ``IterableDataset``) while the main process takes gradient steps.  Collation runs
-in the workers too: a :class:`Batch` groups its traces by structure (address
-sequence) and, within a structure, stacks the values of addresses that share a
-signature (family and shape) into one tensor, so the network works on whole
-groups at once.
+in the workers too.  A :class:`Batch` holds, for every *signature* (proposal
+family and value shape) met in it, one :class:`SiteGroup`: the values and prior
+contexts of all its sites across all traces, stacked, with each row's trace,
+step and address.  Rows of one address also get a *slot* (their rank among that
+address's rows), so the network can lay a group out as ``[addresses, slots]``
+and apply every address's own weights in one batched matmul.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyro
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .traces import PriorSampler, SiteSpec, TraceRecord
+from .traces import PriorSampler
 
-__all__ = ["SiteGroup", "StructureBatch", "Batch", "collate", "PriorTraceStream", "prior_batches"]
+__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "batch_stream"]
 
 
 @dataclass
 class SiteGroup:
     signature: tuple
-    positions: tuple  # positions in the structure's address sequence
-    values: torch.Tensor  # [g, B_s, *S]
-    contexts: torch.Tensor  # [g, B_s, *S, c]
+    names: list  # the group's addresses
+    trace: torch.Tensor  # [R] which trace each row belongs to
+    step: torch.Tensor  # [R] its position in that trace's address sequence
+    address: torch.Tensor  # [R] index into names
+    slot: torch.Tensor  # [R] rank of the row among its address's rows
+    values: torch.Tensor  # [R, *S]
+    contexts: torch.Tensor  # [R, *S, c]
 
-
-@dataclass
-class StructureBatch:
-    addresses: tuple
-    index: torch.Tensor  # [B_s] rows of the batch that have this structure
-    groups: list
+    @property
+    def num_slots(self):
+        return int(self.slot.max()) + 1 if len(self.slot) else 0
 
 
 @dataclass
 class Batch:
     size: int
     observation: dict  # site -> [B, *shape]
-    structures: list
+    lengths: torch.Tensor  # [B] latent sites per trace
+    groups: list
     specs: dict  # name -> SiteSpec for every address in the batch
 
     def to(self, device):
         if str(device) == "cpu":
             return self
-        obs = {k: v.to(device) for k, v in self.observation.items()}
-        structures = [
-            StructureBatch(
-                s.addresses,
-                s.index.to(device),
-                [SiteGroup(g.signature, g.positions, g.values.to(device), g.contexts.to(device)) for g in s.groups],
-            )
-            for s in self.structures
+        mv = lambda t: t.to(device)  # noqa: E731
+        groups = [
+            replace(g, trace=mv(g.trace), step=mv(g.step), address=mv(g.address), slot=mv(g.slot),
+                    values=mv(g.values), contexts=mv(g.contexts))
+            for g in self.groups
         ]
-        return Batch(self.size, obs, structures, self.specs)
-
-
-def _plan(structure, specs):
-    """Positions of a structure grouped by signature, in order of first appearance."""
-    groups = {}
-    for pos, name in enumerate(structure):
-        groups.setdefault(specs[name].signature, []).append(pos)
-    return [(sig, tuple(pos)) for sig, pos in groups.items()]
+        obs = {k: mv(v) for k, v in self.observation.items()}
+        return Batch(self.size, obs, mv(self.lengths), groups, self.specs)
 
 
 def collate(records: list, specs: dict) -> Batch:
-    by_structure = {}
-    for i, r in enumerate(records):
-        by_structure.setdefault(r.structure, []).append(i)
-    structures = []
-    for structure, rows in by_structure.items():
-        groups = []
-        for sig, positions in _plan(structure, specs):
-            values = torch.stack([torch.stack([records[i].values[p] for i in rows]) for p in positions])
-            contexts = torch.stack([torch.stack([records[i].contexts[p] for i in rows]) for p in positions])
-            groups.append(SiteGroup(sig, positions, values, contexts))
-        structures.append(StructureBatch(structure, torch.tensor(rows), groups))
+    groups = {}  # signature -> columns
+    for b, r in enumerate(records):
+        for t, (name, value, context) in enumerate(zip(r.structure, r.values, r.contexts)):
+            g = groups.get(specs[name].signature)
+            if g is None:
+                g = groups[specs[name].signature] = {"names": {}, "count": [], "rows": []}
+            u = g["names"].setdefault(name, len(g["names"]))
+            if u == len(g["count"]):
+                g["count"].append(0)
+            g["rows"].append((b, t, u, g["count"][u], value, context))
+            g["count"][u] += 1
+    out = []
+    for sig, g in groups.items():
+        b, t, u, s, values, contexts = zip(*g["rows"])
+        out.append(
+            SiteGroup(sig, list(g["names"]), torch.tensor(b), torch.tensor(t), torch.tensor(u), torch.tensor(s),
+                      torch.stack(values), torch.stack(contexts))
+        )
     names = list(records[0].observation)
     observation = {n: torch.stack([r.observation[n] for r in records]) for n in names}
-    used = {n for s in by_structure for n in s}
-    return Batch(len(records), observation, structures, {n: specs[n] for n in used})
+    lengths = torch.tensor([len(r.structure) for r in records])
+    used = {n for g in out for n in g.names}
+    return Batch(len(records), observation, lengths, out, {n: specs[n] for n in used})
 
 
 def prior_batches(sampler: PriorSampler, batch_size: int):
@@ -109,12 +111,5 @@ def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int
     stream = PriorTraceStream(sampler, batch_size, seed)
     if workers == 0:
         return iter(stream)
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=4,
-        persistent_workers=False,
-        multiprocessing_context="fork" if torch.multiprocessing.get_start_method(allow_none=True) in (None, "fork") else None,
-    )
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
     return iter(loader)

@@ -1,11 +1,11 @@
 """The guide's one effect: swap each latent site's prior for the network's proposal.
 
-:class:`ProposalMessenger` steps the inference network through the addresses
-as the model reaches them.  At a latent site it reads the prior (for the
-proposal's context and support), replaces ``msg["fn"]`` with the proposal and
-keeps the prior in ``msg["infer"]["prior"]``; once the value is drawn (or
-replayed) it feeds the value back to the network.  Under ``poutine.trace`` the
-result is an ordinary Pyro guide trace.
+:class:`ProposalMessenger` steps the inference network through the addresses as
+the model reaches them.  At a latent site it reads the prior (for the proposal's
+context and support), replaces ``msg["fn"]`` with the proposal and keeps the
+prior in ``msg["infer"]["prior"]``; once the value is drawn (or replayed) it is
+fed back to the network.  Under ``poutine.trace`` the result is an ordinary Pyro
+guide trace.
 """
 
 from __future__ import annotations
@@ -24,24 +24,39 @@ __all__ = ["ProposalMessenger", "ObservationState"]
 class ObservationState:
     """Per-observation work the network does once, not once per particle.
 
-    Holds the observation's embedding and, for the first address of a trace (whose
-    LSTM input depends on nothing but the observation), the proposal itself.
+    Holds the observation's embedding, each address's folded constants, and the
+    first address's proposal (its LSTM input depends on nothing but the observation).
     """
 
     def __init__(self, network, observation: dict):
         self.network = network
         self.observation = observation
         with torch.no_grad():
-            self.start = network.start(observation)
-        self._first = None  # (name, context, proposal, lstm state)
+            self.obs_e = network.start(observation)
+            self.initial = network.initial_state(self.obs_e)
+            self.w_prev = network.prev_weight()
+        self._consts = {}
+        self._first = None  # (name, context, params, lstm state)
 
-    def first_step(self, name, context):
-        f = self._first
-        if f is not None and f[0] == name and torch.equal(f[1], context):
-            return f[2], f[3]
-        with torch.no_grad():
-            proposal, hc = self.network.propose(self.start, name, context)
-        self._first = (name, context, proposal, hc)
+    def constants(self, name):
+        c = self._consts.get(name)
+        if c is None:
+            with torch.no_grad():
+                c = self._consts[name] = self.network.constants(self.obs_e, name)
+        return c
+
+    def step(self, hc, prev, name, context, first):
+        """``(proposal or None, new LSTM state)`` at address ``name``."""
+        if first:
+            f = self._first
+            if f is not None and f[0] == name and torch.equal(f[1], context):
+                return f[2], f[3]
+        params, hc = self.network.step(hc, prev, name, self.constants(name), self.w_prev)
+        proposal = None
+        if params is not None:
+            proposal = self.network.families[self.network.specs[name].family].proposal(params, context)
+        if first:
+            self._first = (name, context, proposal, hc)
         return proposal, hc
 
 
@@ -54,17 +69,11 @@ class ProposalMessenger(Messenger):
         self.warned = warned if warned is not None else set()
 
     def __enter__(self):
-        self.state = self.obs_state.start
+        self.hc, self.prev = self.obs_state.initial
         self.first = True
         self._pending = {}
-        self._last = None  # the latest (lstm state, address, value, context), fed to the network lazily
+        self._last = None  # (address, value, context) not yet fed to the network
         return super().__enter__()
-
-    def _advance(self):
-        if self._last is not None:
-            hc, name, value, context = self._last
-            self.state = self.network.feed(self.state, hc, name, value, context)
-            self._last = None
 
     def _pyro_sample(self, msg):
         name = msg["name"]
@@ -82,19 +91,17 @@ class ProposalMessenger(Messenger):
             check_consistent(spec, site_spec(name, fn))
         context = self.network.families[spec.family].context(base)
         with torch.no_grad():
-            if self.first:
-                proposal, hc = self.obs_state.first_step(name, context)
-            else:
-                self._advance()
-                proposal, hc = self.network.propose(self.state, name, context)
+            if self._last is not None:
+                self.prev = self.network.embed_value(*self._last)
+                self._last = None
+            proposal, self.hc = self.obs_state.step(self.hc, self.prev, name, context, self.first)
         self.first = False
-        self._pending[name] = (hc, context)
+        self._pending[name] = context
         if proposal is not None:
             msg["infer"]["prior"] = fn
             msg["fn"] = proposal.to_event(event_dim) if event_dim else proposal
 
     def _pyro_post_sample(self, msg):
-        pending = self._pending.pop(msg["name"], None)
-        if pending is not None:
-            hc, context = pending
-            self._last = (hc, msg["name"], msg["value"], context)
+        context = self._pending.pop(msg["name"], None)
+        if context is not None:
+            self._last = (msg["name"], msg["value"], context)

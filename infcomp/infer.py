@@ -88,6 +88,15 @@ def infer(
         pyro.set_rng_seed(seed)
 
     conditioned = poutine.condition(model, data=obs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # particles run one by one on tiny tensors: extra threads only contend
+    try:
+        return _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress):
     log_weights = torch.empty(num_samples, dtype=torch.float64)
     samples = {}
     weight = LogWeight()

@@ -17,6 +17,7 @@ import pyro
 import torch
 import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
 from .nn.proposals import FAMILIES, fit_family, unwrap
 
@@ -103,10 +104,11 @@ def site_spec(name: str, fn) -> SiteSpec:
 
 
 def is_latent(site) -> bool:
-    """A sample site the guide proposes for: not observed, not deterministic, not auxiliary."""
+    """A sample site the guide proposes for: not observed, deterministic, auxiliary or a plate's subsample."""
     return (
         site["type"] == "sample"
         and not site["is_observed"]
+        and not isinstance(site["fn"], _Subsample)
         and not site["infer"].get("_deterministic", False)
         and not site["infer"].get("is_auxiliary", False)
     )

@@ -46,7 +46,7 @@ class Trainer:
 
     def __init__(self, guide: Guide, sampler: PriorSampler, validation, lr, batch_size, device):
         self.guide, self.sampler = guide, sampler
-        self.batch_size = batch_size
+        self.batch_size, self.lr = batch_size, lr
         self.device = torch.device(device)
         net = guide.network
         core = [p for n, p in net.named_parameters() if not n.startswith("sites.")]
@@ -69,6 +69,13 @@ class Trainer:
             if name not in net.specs:
                 self.optimizer.add_param_group({"params": net.add_site(spec)})
 
+    def set_progress(self, fraction: float):
+        """Constant learning rate for the first half of the run, then a cosine decay to 5% of it."""
+        f = min(max((fraction - 0.5) / 0.5, 0.0), 1.0)
+        scale = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f))
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr * scale
+
     def step(self, batch) -> float:
         self.add_sites(batch.specs)
         loss = -self.guide.network.log_q(batch.to(self.device)).mean()
@@ -76,7 +83,7 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.guide.network.parameters(), 100.0)
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -94,7 +101,7 @@ def compile(
     model_kwargs=None,
     guide=None,
     batch_size=64,
-    lr=1e-3,
+    lr=3e-3,
     workers=None,
     seed=None,
     device="cpu",
@@ -162,6 +169,7 @@ def compile(
     try:
         while done < target and time.perf_counter() < deadline:
             batch = next(stream)
+            trainer.set_progress(max(done / target, (time.perf_counter() - start) / (deadline - start)))
             loss = trainer.step(batch)
             done += batch.size
             guide.traces_trained += batch.size

@@ -2,15 +2,20 @@
 
 At step ``t`` its input is the observation embedding, an embedding of the value
 sampled at step ``t-1``, and embeddings of address ``t`` and of its proposal
-family; its output feeds address ``t``'s proposal head.  Every address owns a
-small :class:`SiteModule` (address embedding, value embedding, head), created
-the first time the address is met; :meth:`InferenceNetwork.add_site` returns the
-new parameters so the optimiser can take them on without losing its state.
+family.  Its output, beside the observation embedding again (a skip connection
+that lets heads extrapolate linearly in the observation, past the LSTM's
+saturating gates), feeds address ``t``'s proposal head.  Every address owns a
+small :class:`SiteModule` (address embedding, value embedding, head), made the
+first time the address is met; :meth:`InferenceNetwork.add_site` returns the new
+parameters so the optimiser takes them on without losing its state.
 
-Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch`: one LSTM call
-per structure, and per group of same-signature addresses one batched matmul for
-their value embeddings and two for their heads (weights stacked on the fly).
-Inference (:meth:`start`, :meth:`propose`, :meth:`feed`) runs one address at a time.
+Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch` in one LSTM
+call: traces of every structure are laid side by side, padded at the end (the
+LSTM is causal, so padding never reaches a real step).  Per site group, each
+address's own weights apply in one batched matmul over an ``[addresses, slots]``
+layout.  Inference (:meth:`start`, :meth:`constants`, :meth:`step`) runs one
+address at a time, with the parts of the LSTM input that depend only on the
+observation and the address folded into per-address constants.
 """
 
 from __future__ import annotations
@@ -47,25 +52,27 @@ class NetworkConfig:
 class SiteModule(nn.Module):
     """Everything the network owns for one address."""
 
-    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig):
+    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int):
         super().__init__()
         self.address = nn.Parameter(torch.randn(cfg.address_dim) * 0.1)
         self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
         self.has_head = family.has_head
         if family.has_head:
             n_out = max(1, math.prod(spec.value_shape)) * family.num_params(spec)
-            self.head1 = nn.Linear(cfg.hidden, cfg.head_hidden)
+            self.head1 = nn.Linear(cfg.hidden + obs_dim, cfg.head_hidden)
             self.head2 = nn.Linear(cfg.head_hidden, n_out)
             family.init_head(self.head2, spec)
 
 
-def stacked_linear(x, layers):
-    """Apply ``layers[i]`` to ``x[i]`` for every ``i`` in one batched matmul: ``[g, B, in] -> [g, B, out]``."""
+def grouped_linear(x, layers, address, slot, num_slots):
+    """Row ``r`` of ``x`` through ``layers[address[r]]``: ``[R, in] -> [R, out]``, one batched matmul."""
     if len(layers) == 1:
         return F.linear(x, layers[0].weight, layers[0].bias)
-    w = torch.stack([l.weight for l in layers])
-    b = torch.stack([l.bias for l in layers])
-    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+    w = torch.stack([l.weight for l in layers])  # [U, out, in]
+    b = torch.stack([l.bias for l in layers])  # [U, out]
+    grid = x.new_zeros(len(layers), num_slots, x.shape[-1]).index_put((address, slot), x)
+    out = torch.baddbmm(b.unsqueeze(1), grid, w.transpose(1, 2))
+    return out[address, slot]
 
 
 class InferenceNetwork(nn.Module):
@@ -81,7 +88,6 @@ class InferenceNetwork(nn.Module):
         self.sites = nn.ModuleDict()
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
-        self._plans = {}
 
     # -- the address table ------------------------------------------------------
     def add_site(self, spec: SiteSpec) -> list:
@@ -89,7 +95,7 @@ class InferenceNetwork(nn.Module):
         if spec.name in self.specs:
             raise ValueError(f"site {spec.name!r} already has a head")
         key = str(len(self.sites))
-        module = SiteModule(spec, self.families[spec.family], self.cfg)
+        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim)
         module.to(self.family_embedding.weight.device)
         self.sites[key] = module
         self._keys[spec.name] = key
@@ -99,82 +105,95 @@ class InferenceNetwork(nn.Module):
     def site(self, name) -> SiteModule:
         return self.sites[self._keys[name]]
 
-    def _plan(self, addresses, groups):
-        plan = self._plans.get(addresses)
-        if plan is None:
-            order = [p for g in groups for p in g.positions]
-            inverse = torch.empty(len(order), dtype=torch.long)
-            inverse[torch.tensor(order)] = torch.arange(len(order))
-            fam = torch.tensor([FAMILY_NAMES.index(self.specs[a].family) for a in addresses])
-            mods = [self.site(a) for a in addresses]
-            plan = self._plans[addresses] = (inverse, fam, mods)
-        return plan
-
-    def _lstm_input(self, obs_e, prev, mods, fam):
-        T, B = prev.shape[:2]
-        addr = torch.stack([m.address for m in mods]).unsqueeze(1).expand(T, B, -1)
-        fam_e = self.family_embedding(fam.to(obs_e.device)).unsqueeze(1).expand(T, B, -1)
-        return torch.cat([obs_e.unsqueeze(0).expand(T, B, -1), prev, addr, fam_e], -1)
-
     # -- training ---------------------------------------------------------------
     def log_q(self, batch) -> torch.Tensor:
         """``log q(latents | observation)`` of every trace in the batch: ``[B]``."""
-        obs_all = self.embed(batch.observation)
-        out = obs_all.new_zeros(batch.size)
-        for sb in batch.structures:
-            if not sb.addresses:
+        obs_e = self.embed(batch.observation)
+        B = batch.size
+        T = int(batch.lengths.max()) if B else 0
+        if T == 0:
+            return obs_e.new_zeros(B)
+        cur, prev, where, after = [], [], [], []
+        for g in batch.groups:
+            spec = self.specs[g.names[0]]
+            mods = [self.site(n) for n in g.names]
+            feats = self.families[spec.family].features(g.values, g.contexts, spec)
+            prev.append(grouped_linear(feats, [m.value for m in mods], g.address, g.slot, g.num_slots))
+            fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
+            addr = torch.stack([m.address for m in mods])[g.address]
+            cur.append(torch.cat([addr, fam.expand(len(g.address), -1)], -1))
+            where.append((g.step, g.trace))
+            after.append(g.step + 1 < T)
+        step = torch.cat([w[0] for w in where])
+        trace = torch.cat([w[1] for w in where])
+        keep = torch.cat(after)
+        cur, prev = torch.cat(cur), torch.cat(prev)
+        x_cur = cur.new_zeros(T, B, cur.shape[-1]).index_put((step, trace), cur)
+        x_prev = prev.new_zeros(T, B, prev.shape[-1]).index_put((step[keep] + 1, trace[keep]), prev[keep])
+        x = torch.cat([obs_e.unsqueeze(0).expand(T, B, -1), x_prev, x_cur], -1)
+        h, _ = self.lstm(x)
+        out = obs_e.new_zeros(B)
+        for g in batch.groups:
+            spec = self.specs[g.names[0]]
+            family = self.families[spec.family]
+            if not family.has_head:
                 continue
-            inverse, fam, mods = self._plan(sb.addresses, sb.groups)
-            obs_e = obs_all[sb.index]
-            B = obs_e.shape[0]
-            embs, specs = [], []
-            for g in sb.groups:
-                spec = self.specs[sb.addresses[g.positions[0]]]
-                feats = self.families[spec.family].features(g.values, g.contexts, spec)
-                embs.append(stacked_linear(feats, [mods[p].value for p in g.positions]))
-                specs.append(spec)
-            emb = torch.cat(embs)[inverse.to(obs_e.device)]
-            prev = torch.cat([emb.new_zeros((1,) + emb.shape[1:]), emb[:-1]])
-            h, _ = self.lstm(self._lstm_input(obs_e, prev, mods, fam))
-            total = obs_e.new_zeros(B)
-            for g, spec in zip(sb.groups, specs):
-                family = self.families[spec.family]
-                if not family.has_head:
-                    continue
-                heads = [mods[p] for p in g.positions]
-                hg = h[list(g.positions)]
-                z = F.relu(stacked_linear(hg, [m.head1 for m in heads]))
-                params = stacked_linear(z, [m.head2 for m in heads])
-                params = params.reshape(params.shape[:2] + spec.value_shape + (family.num_params(spec),))
-                lp = family.log_prob(params, g.contexts, g.values)
-                total = total + lp.reshape(lp.shape[0], B, -1).sum((0, 2))
-            out = out.index_add(0, sb.index, total)
+            mods = [self.site(n) for n in g.names]
+            z = torch.cat([h[g.step, g.trace], obs_e[g.trace]], -1)
+            z = F.relu(grouped_linear(z, [m.head1 for m in mods], g.address, g.slot, g.num_slots))
+            params = grouped_linear(z, [m.head2 for m in mods], g.address, g.slot, g.num_slots)
+            params = params.reshape((len(params),) + spec.value_shape + (family.num_params(spec),))
+            lp = family.log_prob(params, g.contexts, g.values)
+            out = out.index_add(0, g.trace, lp.reshape(len(lp), -1).sum(-1))
         return out
 
     # -- inference, one address at a time ----------------------------------------
-    def start(self, observation: dict):
-        """The state before the first address: ``(observation embedding, lstm state, previous value embedding)``."""
-        obs_e = self.embed({k: v.unsqueeze(0) for k, v in observation.items()})
-        return obs_e, None, obs_e.new_zeros(1, 1, self.cfg.value_dim)
+    def start(self, observation: dict) -> torch.Tensor:
+        """The observation's embedding ``[E]``."""
+        return self.embed({k: v.unsqueeze(0) for k, v in observation.items()})[0]
 
-    def propose(self, state, name, context):
-        """Step the LSTM at address ``name``; returns ``(proposal over the value, new lstm state)``."""
-        obs_e, hc, prev = state
-        spec = self.specs[name]
-        module = self.site(name)
-        fam = torch.tensor([FAMILY_NAMES.index(spec.family)], device=obs_e.device)
-        x = self._lstm_input(obs_e, prev, [module], fam)
-        h, hc = self.lstm(x, hc)
-        family = self.families[spec.family]
-        if not family.has_head:
-            return None, hc
-        params = module.head2(F.relu(module.head1(h[0, 0])))
-        params = params.reshape(spec.value_shape + (family.num_params(spec),))
-        return family.proposal(params, context), hc
+    def initial_state(self, obs_e):
+        """LSTM state ``[(h, c)] * layers`` and previous-value embedding before the first address."""
+        zeros = obs_e.new_zeros(1, self.cfg.hidden)
+        return [(zeros, zeros)] * self.cfg.layers, obs_e.new_zeros(1, self.cfg.value_dim)
 
-    def feed(self, state, hc, name, value, context):
-        """The state after address ``name`` took ``value``."""
+    def constants(self, obs_e, name):
+        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
+        spec, m = self.specs[name], self.site(name)
+        E, V = self.embed.dim, self.cfg.value_dim
+        w = self.lstm.weight_ih_l0
+        fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
+        fixed = torch.cat([obs_e, m.address, fam])
+        gate_bias = (torch.cat([w[:, :E], w[:, E + V :]], 1) @ fixed + self.lstm.bias_ih_l0).unsqueeze(0)
+        head_bias = head_w = None
+        if m.has_head:
+            H = self.cfg.hidden
+            head_bias = (m.head1.weight[:, H:] @ obs_e + m.head1.bias).unsqueeze(0)
+            head_w = m.head1.weight[:, :H].contiguous()
+        return gate_bias, head_bias, head_w
+
+    def prev_weight(self):
+        E, V = self.embed.dim, self.cfg.value_dim
+        return self.lstm.weight_ih_l0[:, E : E + V].contiguous()
+
+    def step(self, hc, prev, name, consts, w_prev):
+        """One LSTM step at ``name``: ``(proposal parameters [*S, P] or None, new LSTM state)``."""
+        gate_bias, head_bias, head_w = consts
+        lstm = self.lstm
+        new = [torch.lstm_cell(prev, hc[0], w_prev, lstm.weight_hh_l0, gate_bias, lstm.bias_hh_l0)]
+        for l in range(1, self.cfg.layers):
+            w_ih, w_hh = getattr(lstm, f"weight_ih_l{l}"), getattr(lstm, f"weight_hh_l{l}")
+            b_ih, b_hh = getattr(lstm, f"bias_ih_l{l}"), getattr(lstm, f"bias_hh_l{l}")
+            new.append(torch.lstm_cell(new[-1][0], hc[l], w_ih, w_hh, b_ih, b_hh))
+        if head_w is None:
+            return None, new
+        m, spec = self.site(name), self.specs[name]
+        z = torch.relu(torch.addmm(head_bias, new[-1][0], head_w.T))
+        params = F.linear(z[0], m.head2.weight, m.head2.bias)
+        return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
+
+    def embed_value(self, name, value, context):
+        """The previous-value input ``[1, V]`` after ``name`` took ``value``."""
         spec = self.specs[name]
         feats = self.families[spec.family].features(value, context, spec)
-        prev = self.site(name).value(feats.reshape(1, 1, -1))
-        return state[0], hc, prev
+        return self.site(name).value(feats.reshape(1, -1))

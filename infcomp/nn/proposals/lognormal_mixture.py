@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions.transforms import AffineTransform, ExpTransform
 
-from .base import Mixture, ProposalFamily, broadcast_context, finite_or, flat, mixture_init
+from .normal_mixture import NormalMixture
+from .base import ProposalFamily, broadcast_context, finite_or, flat, mixture_init
 
 
 def lower_bound(support):
@@ -43,8 +44,7 @@ class LogNormalMixtureProposal(ProposalFamily):
     def proposal(self, params, context):
         p = params.unflatten(-1, (self.K, 3))
         lb, mu, sigma = context[..., 0], context[..., 1:2], context[..., 2:3]
-        comp = dist.Normal(mu + sigma * p[..., 1], sigma * (F.softplus(p[..., 2] + 0.55) + 1e-3), validate_args=False)
-        base = Mixture(p[..., 0], comp)
+        base = NormalMixture(p[..., 0], mu + sigma * p[..., 1], sigma * (F.softplus(p[..., 2] + 0.55) + 1e-3))
         return dist.TransformedDistribution(base, [ExpTransform(), AffineTransform(lb, 1.0)], validate_args=False)
 
     def init_head(self, layer, spec):

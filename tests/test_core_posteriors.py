@@ -1,0 +1,164 @@
+"""compile + infer against exact posteriors: conjugate models, enumeration, mixed site families."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import infcomp
+from infcomp_models.examples import (
+    beta_bernoulli,
+    beta_bernoulli_exact,
+    gaussian,
+    gaussian_exact,
+    poisson_branching,
+    poisson_branching_exact,
+)
+
+Y = torch.tensor([8.0, 9.0])
+
+
+def gaussian_no_args():
+    """The issue's contract model: the observed site is left unobserved in the model."""
+    mu = pyro.sample("mu", dist.Normal(1.0, 5**0.5))
+    pyro.sample("y", dist.Normal(mu, 2**0.5).expand([2]).to_event(1))
+
+
+@pytest.fixture(scope="module")
+def gauss_guide():
+    return infcomp.compile(gaussian_no_args, observe="y", num_traces=20_000, seed=0, workers=0, progress=False)
+
+
+def test_gaussian_unknown_mean(gauss_guide):
+    mean, std = gaussian_exact(Y)
+    assert (mean, round(std, 4)) == (7.25, 0.9129)
+    post = infcomp.infer(gaussian_no_args, gauss_guide, Y, num_samples=1_000, seed=1)
+    assert abs(float(post.mean("mu")) - mean) < 0.05
+    assert abs(float(post.std("mu")) / std - 1) < 0.05
+    prior = infcomp.infer(gaussian_no_args, None, Y, observe="y", num_samples=1_000, seed=1)
+    assert post.ess >= 5 * prior.ess
+    # both estimate the same evidence: log N(y; [1, 1], 5 * 11^T + 2 I)
+    cov = 5 * torch.ones(2, 2) + 2 * torch.eye(2)
+    exact_log_z = float(dist.MultivariateNormal(torch.ones(2), cov).log_prob(Y))
+    assert abs(post.log_evidence - exact_log_z) < 0.05
+
+
+def test_marginal_interface(gauss_guide):
+    post = infcomp.infer(gaussian_no_args, gauss_guide, Y, num_samples=1_000, seed=2)
+    m = post.marginal("mu")
+    assert m.values.shape == (1_000,) and abs(float(m.weights.sum()) - 1) < 1e-9
+    lo, med, hi = m.quantile([0.025, 0.5, 0.975]).tolist()
+    assert lo < med < hi and abs(med - 7.25) < 0.1 and abs((hi - lo) / (2 * 1.96 * 0.9129) - 1) < 0.1
+    draws = m.sample(20_000, generator=torch.Generator().manual_seed(0))
+    assert abs(float(draws.mean()) - 7.25) < 0.06
+    density, edges = m.histogram(bins=20)
+    assert abs(float((density * edges.diff()).sum()) - 1) < 1e-6
+    with pytest.raises(KeyError, match="no latent site 'nu'"):
+        post.marginal("nu")
+
+
+def test_model_taking_observation_as_argument():
+    guide = infcomp.compile(gaussian, observe="y", num_traces=12_000, seed=3, workers=0, progress=False)
+    post = infcomp.infer(gaussian, guide, torch.tensor([0.0, 2.0]), num_samples=1_000, seed=0)
+    mean, std = gaussian_exact(torch.tensor([0.0, 2.0]))
+    assert abs(float(post.mean("mu")) - mean) < 0.05
+    assert abs(float(post.std("mu")) / std - 1) < 0.05
+    assert post.ess > 800
+
+
+def test_beta_bernoulli_conjugate():
+    guide = infcomp.compile(beta_bernoulli, observe="y", num_traces=15_000, seed=4, workers=0, progress=False)
+    y = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 1, 0, 1])
+    mean, std = beta_bernoulli_exact(y)
+    post = infcomp.infer(beta_bernoulli, guide, y, num_samples=2_000, seed=0)
+    assert abs(float(post.mean("p")) - mean) < 0.01
+    assert abs(float(post.std("p")) / std - 1) < 0.05
+    assert post.ess > 1_000
+
+
+def gamma_poisson(y=None):
+    lam = pyro.sample("lam", dist.Gamma(3.0, 1.0))
+    pyro.sample("y", dist.Poisson(lam).expand([5]).to_event(1), obs=y)
+
+
+def test_gamma_poisson_conjugate():
+    guide = infcomp.compile(gamma_poisson, observe="y", num_traces=15_000, seed=5, workers=0, progress=False)
+    y = torch.tensor([4.0, 7.0, 3.0, 6.0, 5.0])
+    a, b = 3.0 + float(y.sum()), 1.0 + 5
+    post = infcomp.infer(gamma_poisson, guide, y, num_samples=2_000, seed=0)
+    assert abs(float(post.mean("lam")) - a / b) < 0.05
+    assert abs(float(post.std("lam")) / (math.sqrt(a) / b) - 1) < 0.05
+    assert post.ess > 1_000
+
+
+def tv(p, q):
+    n = max(len(p), len(q))
+    p = torch.nn.functional.pad(p, (0, n - len(p)))
+    q = torch.nn.functional.pad(q, (0, n - len(q)))
+    return 0.5 * float((p - q).abs().sum())
+
+
+def test_variable_structure_against_enumeration():
+    guide = infcomp.compile(poisson_branching, observe="y", num_traces=30_000, seed=6, workers=0, progress=False)
+    assert {"n", "x_0", "x_1", "x_5"} <= set(guide.addresses)
+    for y in (4.0, -1.0):
+        exact = poisson_branching_exact(y)
+        post = infcomp.infer(poisson_branching, guide, torch.tensor(y), num_samples=4_000, seed=0)
+        probs = post.marginal("n").probs()
+        estimate = torch.zeros(len(exact), dtype=torch.float64)
+        for n, p in probs.items():
+            estimate[int(n)] += p
+        assert tv(estimate, exact) < 0.05, (y, probs)
+        # x_0 exists exactly when n >= 1
+        assert abs(post.marginal("x_0").presence - float(exact[1:].sum())) < 0.03
+
+
+def mixed(y=None):
+    c = pyro.sample("c", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])))
+    b = pyro.sample("b", dist.Bernoulli(0.3))
+    u = pyro.sample("u", dist.Uniform(0.0, 1.0))
+    pyro.sample("y", dist.Normal(c + 2 * b + u, 0.5), obs=y)
+
+
+def mixed_exact(y):
+    """p(c, b | y) by enumerating (c, b) and integrating u over (0, 1) in closed form."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    table = torch.zeros(3, 2, dtype=torch.float64)
+    for c, pc in enumerate([0.2, 0.3, 0.5]):
+        for b, pb in enumerate([0.7, 0.3]):
+            m = c + 2 * b
+            like = normal.cdf(torch.tensor((y - m) / 0.5)) - normal.cdf(torch.tensor((y - m - 1) / 0.5))
+            table[c, b] = pc * pb * float(like)
+    return table / table.sum()
+
+
+def test_categorical_uniform_bernoulli_together():
+    guide = infcomp.compile(mixed, observe="y", num_traces=25_000, seed=7, workers=0, progress=False)
+    fams = {n: guide.network.specs[n].family for n in ("c", "b", "u")}
+    assert fams == {"c": "categorical", "b": "bernoulli", "u": "beta_interval"}
+    for y in (2.4, 0.7):
+        exact = mixed_exact(y)
+        post = infcomp.infer(mixed, guide, torch.tensor(y), num_samples=4_000, seed=0)
+        c = post.marginal("c").values.long()
+        b = post.marginal("b").values.long()
+        est = torch.zeros(3, 2, dtype=torch.float64).index_put_((c, b), post.weights, accumulate=True)
+        assert 0.5 * float((est - exact).abs().sum()) < 0.05, (y, est, exact)
+        u = post.marginal("u").values
+        assert float(u.min()) > 0 and float(u.max()) < 1
+
+
+def test_vector_valued_sites_and_plates():
+    def model(y=None):
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", 3):
+            pyro.sample("y", dist.Normal(z, 0.5), obs=y)
+
+    guide = infcomp.compile(model, observe="y", num_traces=15_000, seed=8, workers=0, progress=False)
+    assert guide.network.specs["z"].value_shape == (3,)
+    y = torch.tensor([1.0, -0.5, 2.0])
+    post = infcomp.infer(model, guide, y, num_samples=2_000, seed=0)
+    exact_mean = y * (1 / 0.25) / (1 + 1 / 0.25)
+    assert torch.allclose(post.mean("z").float(), exact_mean, atol=0.06)
+    assert post.ess > 600
