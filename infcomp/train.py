@@ -10,6 +10,7 @@ resumes where it stopped, optimiser state included.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -54,7 +55,7 @@ class Trainer:
         for name in net.specs:  # one group per address, in the order the addresses were added
             self.optimizer.add_param_group({"params": list(net.site(name).parameters())})
         if guide.optimizer_state is not None:
-            self.optimizer.load_state_dict(guide.optimizer_state)
+            self.optimizer.load_state_dict(copy.deepcopy(guide.optimizer_state))
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
         self.add_sites(sampler.specs)
@@ -79,10 +80,11 @@ class Trainer:
     def step(self, batch) -> float:
         self.add_sites(batch.specs)
         loss = -self.guide.network.log_q(batch.to(self.device)).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.guide.network.parameters(), 100.0)
-        self.optimizer.step()
+        if loss.requires_grad:  # false only when no address in the batch has a head
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.guide.network.parameters(), 100.0)
+            self.optimizer.step()
         return float(loss.detach())
 
     @torch.no_grad()
