@@ -6,9 +6,9 @@ model's own prior draws; ``infer(model, guide, observation)`` uses it.
 
 from . import abc
 from .guide import Guide, load
-from .infer import infer
+from .infer import greedy, infer
 from .posterior import Marginal, Posterior
 from .train import compile
 
-__all__ = ["compile", "infer", "load", "Guide", "Posterior", "Marginal", "abc"]
+__all__ = ["compile", "infer", "greedy", "load", "Guide", "Posterior", "Marginal", "abc"]
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ class Guide:
         self.optimizer_state = None
         self.traces_trained = 0
         self.history = []  # (traces, train loss, validation loss)
+        self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. a CAPTCHA style)
         self._states = {}
         self._warned = set()
         self._checked_model = model
@@ -126,8 +127,8 @@ class Guide:
         return self
 
     # -- the Pyro guide -----------------------------------------------------------
-    def messenger(self, observation: dict) -> ProposalMessenger:
-        return ProposalMessenger(self.state_for(observation), self.observe, self._warned)
+    def messenger(self, observation: dict, greedy=False) -> ProposalMessenger:
+        return ProposalMessenger(self.state_for(observation), self.observe, self._warned, greedy)
 
     def __call__(self, *args, **kwargs):
         return self._run(kwargs.get("observations"), args, kwargs)
@@ -172,6 +173,7 @@ class Guide:
                 "optimizer": self.optimizer_state,
                 "traces_trained": self.traces_trained,
                 "history": [list(h) for h in self.history],
+                "metadata": dict(self.metadata),
             },
             path,
         )
@@ -221,6 +223,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     guide.optimizer_state = data.get("optimizer")
     guide.traces_trained = int(data.get("traces_trained", 0))
     guide.history = [tuple(h) for h in data.get("history", [])]
+    guide.metadata = dict(data.get("metadata", {}))
     if model is not None:
         guide.bind_model(model, model_args, model_kwargs)
     return guide

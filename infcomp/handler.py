@@ -16,6 +16,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from .nn.proposals import unwrap
+from .nn.proposals.point import point_estimate
 from .traces import check_consistent, is_latent, site_spec
 
 __all__ = ["ProposalMessenger", "ObservationState"]
@@ -61,8 +62,9 @@ class ObservationState:
 
 
 class ProposalMessenger(Messenger):
-    def __init__(self, state: ObservationState, observe=(), warned=None):
+    def __init__(self, state: ObservationState, observe=(), warned=None, greedy=False):
         super().__init__()
+        self.greedy = greedy  # take each proposal's point estimate instead of sampling it
         self.obs_state = state
         self.network = state.network
         self.observe = frozenset(observe)
@@ -100,6 +102,8 @@ class ProposalMessenger(Messenger):
         if proposal is not None:
             msg["infer"]["prior"] = fn
             msg["fn"] = proposal.to_event(event_dim) if event_dim else proposal
+            if self.greedy:
+                msg["value"] = point_estimate(proposal)
 
     def _pyro_post_sample(self, msg):
         context = self._pending.pop(msg["name"], None)

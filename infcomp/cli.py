@@ -1,0 +1,321 @@
+"""The ``infcomp`` command line: CAPTCHA breakers from generative models.
+
+    infcomp styles
+    infcomp samples --style S -n 64 --out grid.png
+    infcomp compile --style S --minutes M --out S.pt      (resumes if S.pt exists)
+    infcomp break S.pt FILE... [--json]
+    infcomp evaluate S.pt -n 1000 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _captcha():
+    from infcomp_models import captcha
+    from infcomp_models.captcha import breaker
+
+    return captcha, breaker
+
+
+def cmd_styles(args):
+    captcha, _ = _captcha()
+    for name, style in captcha.STYLES.items():
+        n = f"{style.min_letters}-{style.max_letters}" if style.variable_length else str(style.min_letters)
+        print(f"{name:22s} {n:>5s} letters  {style.width}x{style.height}  alphabet {style.alphabet}")
+
+
+def cmd_samples(args):
+    captcha, _ = _captcha()
+    style = captcha.get_style(args.style)
+    images, titles = [], []
+    for i in range(args.n):
+        image, text = style.sample(args.seed + i)
+        images.append(image)
+        titles.append(text)
+    captcha.save_gallery(images, titles, args.out, ncols=args.cols)
+    print(f"wrote {args.n} prior draws of style {style.name!r} to {args.out}")
+
+
+def save_loss_curve(guide, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not guide.history:
+        return None
+    traces, train, val = zip(*guide.history)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(traces, train, label="training batch", alpha=0.6)
+    ax.plot(traces, val, label="validation", lw=2)
+    ax.set_xlabel("traces")
+    ax.set_ylabel("-log q(latents | image)")
+    ax.set_title(guide.metadata.get("style", "loss"))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cmd_compile(args):
+    import infcomp
+
+    captcha, breaker = _captcha()
+    style = captcha.get_style(args.style)
+    out = Path(args.out)
+    guide = None
+    if out.exists() and not args.fresh:
+        guide, saved_style = breaker.load_breaker(out)
+        if saved_style.name != style.name:
+            sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
+        print(f"resuming {out}: {guide.traces_trained} traces so far")
+    if args.minutes is None and args.traces is None:
+        args.minutes = 5.0
+    guide = breaker.compile_breaker(
+        style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    guide.save(out)
+    run = guide.last_run
+    curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
+    print(
+        f"compiled {style.name}: {run['traces']} traces in {run['seconds']:.0f} s "
+        f"({run['traces_per_second']:.0f} traces/s), validation loss {run['validation_loss']:.2f}; "
+        f"total {guide.traces_trained} traces -> {out}" + (f"; loss curve {curve}" if curve else "")
+    )
+
+
+def _reliability_plot(probs, correct, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    probs, correct = np.asarray(probs), np.asarray(correct, dtype=float)
+    edges = np.linspace(0, 1, 11)
+    centres, accs, counts = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (probs >= lo) & ((probs < hi) if hi < 1 else (probs <= hi))
+        if sel.any():
+            centres.append(probs[sel].mean())
+            accs.append(correct[sel].mean())
+            counts.append(int(sel.sum()))
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.plot(centres, accs, "o-", label="breaker")
+    for x, y, c in zip(centres, accs, counts):
+        ax.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("posterior probability of the reading")
+    ax.set_ylabel("share read right")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _summary(rows, greedy_ms, posterior_ms):
+    labelled = [r for r in rows if r.get("label") is not None]
+    out = {"n": len(rows), "ms_per_captcha": {"greedy": greedy_ms, "posterior": posterior_ms}}
+    if labelled:
+        post = [r for r in labelled if "posterior" in r]
+        out["recognition_rate"] = sum(r["reading"] == r["label"] for r in labelled) / len(labelled)
+        out["recognition_rate_greedy"] = sum(r["greedy"] == r["label"] for r in labelled) / len(labelled)
+        if post:
+            out["recognition_rate_posterior"] = sum(r["posterior"] == r["label"] for r in post) / len(post)
+        out["char_accuracy"] = sum(r["char_accuracy"] for r in labelled) / len(labelled)
+        confident = [r for r in post if r["probability"] > 0.9]
+        out["confident_share"] = len(confident) / len(post) if post else None
+        out["accuracy_when_confident"] = (
+            sum(r["posterior"] == r["label"] for r in confident) / len(confident) if confident else None
+        )
+    return out
+
+
+def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress):
+    from tqdm.auto import tqdm
+
+    _, breaker = _captcha()
+    rows, t_greedy, t_post, n_post = [], 0.0, 0.0, 0
+    for i, (image, label, name) in enumerate(
+        tqdm(list(zip(images, labels, names)), disable=not progress, desc="reading", unit="captcha")
+    ):
+        text, dt = breaker.timed(breaker.read_greedy, style, guide, image)
+        t_greedy += dt
+        row = {"file": name, "greedy": text, "reading": text, "label": label}
+        if particles > 0 and i < posterior_n:
+            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seed + i)
+            t_post += dt
+            n_post += 1
+            row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
+                       alternatives=reading.alternatives, ess=reading.ess)
+        if label is not None:
+            row["char_accuracy"] = breaker.char_accuracy(row["reading"], label)
+        rows.append(row)
+    greedy_ms = 1000 * t_greedy / max(len(rows), 1)
+    posterior_ms = 1000 * t_post / n_post if n_post else None
+    return rows, greedy_ms, posterior_ms
+
+
+def _print_rows(rows):
+    for r in rows:
+        mark = "" if r.get("label") is None else ("  ok" if r["reading"] == r["label"] else f"  WRONG (label {r['label']})")
+        p = f"  p={r['probability']:.3f}" if "probability" in r else ""
+        print(f"{r['file']}: {r['reading']}{p}{mark}")
+
+
+def _print_summary(s):
+    print(f"n = {s['n']}; time per CAPTCHA: greedy {s['ms_per_captcha']['greedy']:.1f} ms"
+          + (f", posterior {s['ms_per_captcha']['posterior']:.0f} ms" if s["ms_per_captcha"]["posterior"] else ""))
+    if "recognition_rate" in s:
+        print(f"recognition rate (whole string): {100 * s['recognition_rate']:.1f}%"
+              f"  [greedy {100 * s['recognition_rate_greedy']:.1f}%"
+              + (f", posterior {100 * s['recognition_rate_posterior']:.1f}%" if "recognition_rate_posterior" in s else "")
+              + f"]; per-character accuracy {100 * s['char_accuracy']:.1f}%")
+        if s.get("accuracy_when_confident") is not None:
+            print(f"readings with probability > 0.9: {100 * s['confident_share']:.0f}% of them, "
+                  f"{100 * s['accuracy_when_confident']:.1f}% right")
+
+
+def _gallery(rows, images, path, n=16):
+    captcha, _ = _captcha()
+    sel = list(range(min(n, len(rows))))
+    titles = []
+    for i in sel:
+        r = rows[i]
+        p = f" p={r['probability']:.2f}" if "probability" in r else ""
+        mark = "" if r.get("label") is None else (" ok" if r["reading"] == r["label"] else f" (is {r['label']})")
+        titles.append(f"{r['reading']}{p}{mark}")
+    captcha.save_gallery([images[i] for i in sel], titles, path, ncols=4)
+
+
+def cmd_break(args):
+    captcha, breaker = _captcha()
+    guide, style = breaker.load_breaker(args.model)
+    images, labels, names, errors = [], [], [], []
+    for f in args.files:
+        try:
+            images.append(breaker.load_image(f, style))
+        except (ValueError, FileNotFoundError) as e:
+            errors.append({"file": str(f), "error": str(e)})
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        stem = Path(f).stem
+        names.append(str(f))
+        labels.append(stem if stem and all(c in style.alphabet for c in stem) else None)
+    if not all(l is not None for l in labels):
+        labels = [None] * len(labels)  # file names are not labels
+    rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
+                                         args.seed, not args.json)
+    summary = _summary(rows, greedy_ms, post_ms)
+    summary.update(style=style.name, image_rule=breaker.IMAGE_RULE, errors=errors, readings=rows)
+    if args.reliability and rows and rows[0].get("label") is not None and "probability" in rows[0]:
+        _reliability_plot([r["probability"] for r in rows], [r["reading"] == r["label"] for r in rows],
+                          args.reliability, f"{style.name}: {len(rows)} images")
+    if args.gallery and rows:
+        _gallery(rows, images, args.gallery)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_rows(rows)
+        _print_summary(summary)
+    return 1 if errors and not rows else 0
+
+
+def cmd_evaluate(args):
+    import pyro
+
+    captcha, breaker = _captcha()
+    guide, style = breaker.load_breaker(args.model)
+    images, labels = [], []
+    for i in range(args.n):
+        image, text = style.sample(args.seed + 1_000_003 + i)  # draws the training stream never starts from
+        images.append(image)
+        labels.append(text)
+    names = [f"draw {i}" for i in range(args.n)]
+    rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles,
+                                         args.posterior_n, args.seed, not args.json)
+    summary = _summary(rows, greedy_ms, post_ms)
+    summary.update(style=style.name, traces_trained=guide.traces_trained)
+    if args.gallery:
+        _gallery(rows, images, args.gallery)
+        summary["gallery"] = args.gallery
+    if args.json:
+        summary["readings"] = rows[: args.show]
+        print(json.dumps(summary))
+    else:
+        _print_rows(rows[: args.show])
+        _print_summary(summary)
+        if args.gallery:
+            print(f"gallery: {args.gallery}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="infcomp", description="Inference compilation for Pyro: CAPTCHA breakers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("styles", help="list the CAPTCHA styles")
+    s.set_defaults(fn=cmd_styles)
+
+    s = sub.add_parser("samples", help="a gallery of prior draws of a style")
+    s.add_argument("--style", required=True)
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--cols", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_samples)
+
+    s = sub.add_parser("compile", help="train a breaker on a style's prior draws (resumes an existing --out)")
+    s.add_argument("--style", required=True)
+    s.add_argument("--minutes", type=float, help="wall-clock budget (default 5 if --traces is not given)")
+    s.add_argument("--traces", type=int, help="number of training traces")
+    s.add_argument("--out", required=True)
+    s.add_argument("--fresh", action="store_true", help="start over even if --out exists")
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_compile)
+
+    for name, fn, help_ in (("break", cmd_break, "read CAPTCHA image files"),
+                            ("evaluate", cmd_evaluate, "recognition rate on fresh draws from the style")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("model", help="a breaker file from 'infcomp compile'")
+        if name == "break":
+            s.add_argument("files", nargs="+")
+            s.add_argument("--reliability", help="write a reliability plot (PNG) when file names are labels")
+            s.add_argument("--gallery", help="write a gallery PNG of the first images with their readings")
+        else:
+            s.add_argument("-n", type=int, default=1000)
+            s.add_argument("--posterior-n", type=int, default=100, help="how many of the n get a posterior read too")
+            s.add_argument("--gallery", default="evaluate.png")
+            s.add_argument("--show", type=int, default=10, help="print this many readings")
+        s.add_argument("--particles", type=int, default=100, help="importance samples per posterior read (0: greedy only)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+        s.set_defaults(fn=fn)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Compile a CAPTCHA breaker for a style, and read images with it.
+
+Two reads:
+
+* :func:`read_greedy`: one pass of the guide taking the most probable letters (fast).
+* :func:`read_posterior`: importance sampling with the guide; readings ranked by
+  posterior probability (the sum of normalised weights of the particles that spell them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from PIL import Image, UnidentifiedImageError
+
+import infcomp
+
+from . import get_style
+
+__all__ = [
+    "compile_breaker",
+    "load_breaker",
+    "style_of",
+    "load_image",
+    "read_greedy",
+    "read_posterior",
+    "Reading",
+    "char_accuracy",
+    "IMAGE_RULE",
+]
+
+IMAGE_RULE = (
+    "images are converted to greyscale (transparent pixels over white), resized to the style's "
+    "width x height with bilinear filtering, and scaled to [0, 1] with 1 = white"
+)
+
+
+def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=None, workers=None,
+                    batch_size=64, progress=True, **kwargs):
+    """Train (or go on training) a guide on the style's prior draws; the style's name goes into its metadata."""
+    style = get_style(style) if isinstance(style, str) else style
+    guide = infcomp.compile(
+        style.model, "image", num_traces, minutes=minutes, guide=guide, seed=seed, workers=workers,
+        batch_size=batch_size, progress=progress, **kwargs,
+    )
+    guide.metadata["style"] = style.name
+    return guide
+
+
+def style_of(guide):
+    name = guide.metadata.get("style")
+    if name is None:
+        raise ValueError("this guide was not compiled for a CAPTCHA style (its file names no style)")
+    return get_style(name)
+
+
+def load_breaker(path):
+    guide = infcomp.load(path)
+    style = style_of(guide)
+    guide.bind_model(style.model)
+    return guide, style
+
+
+def load_image(path, style) -> torch.Tensor:
+    """An image file as the style's observation (see :data:`IMAGE_RULE`); ValueError if it is not an image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, im)
+            im = im.convert("L")
+            if im.size != (style.width, style.height):
+                im = im.resize((style.width, style.height), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def read_greedy(style, guide, image) -> str:
+    return style.reading(infcomp.greedy(style.model, guide, image))
+
+
+@dataclass
+class Reading:
+    text: str
+    probability: float
+    alternatives: list = field(default_factory=list)  # [(text, probability)], best first
+    ess: float = 0.0
+
+
+def read_posterior(style, guide, image, particles=100, seed=None) -> Reading:
+    post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed)
+    weights = post.weights
+    per_sample = {}
+    for name, (idx, values) in post._samples.items():
+        for i, v in zip(idx.tolist(), values):
+            per_sample.setdefault(i, {})[name] = v
+    totals = {}
+    for i, values in per_sample.items():
+        text = style.reading(values)
+        totals[text] = totals.get(text, 0.0) + float(weights[i])
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess)
+
+
+def char_accuracy(reading: str, label: str) -> float:
+    """Share of the label's characters read right, position by position (a length error costs the rest)."""
+    n = max(len(reading), len(label))
+    return sum(a == b for a, b in zip(reading, label)) / n if n else 1.0
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
