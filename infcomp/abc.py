@@ -117,6 +117,8 @@ class RandomProjectionKernel(TorchDistribution):
         split = rendered.dim() - event_dim
         batch_shape, event_shape = rendered.shape[:split], rendered.shape[split:]
         self.num_pixels = math.prod(event_shape)
+        if self.dim > self.num_pixels:
+            raise ValueError(f"projection dim={self.dim} exceeds the number of pixels {self.num_pixels}")
         super().__init__(batch_shape, event_shape, validate_args=False)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)

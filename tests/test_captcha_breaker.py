@@ -1,0 +1,102 @@
+"""A tiny CAPTCHA breaker compiled and used end to end through the command line."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infcomp.cli import main
+from infcomp_models.captcha import get_style
+from infcomp_models.captcha.breaker import char_accuracy, load_image
+
+
+@pytest.fixture(scope="module")
+def breaker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("breaker") / "baidu2011.pt"
+    assert main(["compile", "--style", "baidu2011", "--traces", "256", "--out", str(path), "--workers", "0",
+                 "--seed", "0", "--quiet"]) == 0
+    return path
+
+
+def test_compile_writes_a_breaker_and_a_loss_curve(breaker):
+    assert breaker.exists() and breaker.with_suffix(".loss.png").exists()
+
+
+def test_compile_resumes(breaker, capsys):
+    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(breaker), "--workers", "0",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "total 320 traces" in out
+
+
+def test_compile_refuses_another_styles_file(breaker, capsys):
+    with pytest.raises(SystemExit, match="is a breaker for style 'baidu2011', not 'ebay'"):
+        main(["compile", "--style", "ebay", "--traces", "64", "--out", str(breaker), "--quiet"])
+
+
+def test_break_files_named_by_their_labels(breaker, tmp_path, capsys):
+    style = get_style("baidu2011")
+    files = []
+    for i in range(3):
+        image, text = style.sample(100 + i)
+        f = tmp_path / f"{text}.png"
+        Image.fromarray((image.clamp(0, 1).numpy() * 255).astype(np.uint8)).resize((150, 50)).save(f)
+        files.append(str(f))
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    rc = main(["break", str(breaker), *files, str(junk), "--particles", "8", "--json",
+               "--reliability", str(tmp_path / "rel.png")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "not a readable image" in captured.err
+    result = json.loads(captured.out)
+    assert result["n"] == 3 and len(result["readings"]) == 3
+    assert 0.0 <= result["recognition_rate"] <= 1.0 and 0.0 <= result["char_accuracy"] <= 1.0
+    assert result["errors"][0]["file"].endswith("notes.png")
+    for r in result["readings"]:
+        assert len(r["reading"]) == 4 and all(c in style.alphabet for c in r["reading"])
+        assert 0.0 < r["probability"] <= 1.0
+    assert (tmp_path / "rel.png").exists()
+
+
+def test_evaluate_json(breaker, tmp_path, capsys):
+    gallery = tmp_path / "gallery.png"
+    assert main(["evaluate", str(breaker), "-n", "6", "--posterior-n", "2", "--particles", "4", "--json",
+                 "--gallery", str(gallery)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 6 and set(result["ms_per_captcha"]) == {"greedy", "posterior"}
+    assert 0.0 <= result["recognition_rate"] <= 1.0
+    assert gallery.exists()
+
+
+def test_samples_gallery(tmp_path):
+    out = tmp_path / "s.png"
+    assert main(["samples", "--style", "ebay", "-n", "4", "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_images_of_another_size_and_mode_are_converted(tmp_path):
+    style = get_style("baidu2011")
+    f = tmp_path / "x.png"
+    Image.new("RGBA", (40, 10), (0, 0, 0, 0)).save(f)  # transparent: reads as white paper
+    image = load_image(f, style)
+    assert image.shape == (32, 96) and float(image.min()) == pytest.approx(1.0)
+
+
+def test_unknown_style_and_foreign_guide(tmp_path, capsys):
+    assert main(["samples", "--style", "myspace", "-n", "1", "--out", str(tmp_path / "a.png")]) == 2
+    assert "myspace" in capsys.readouterr().err
+    import infcomp
+    from infcomp_models.examples import gaussian
+
+    g = infcomp.compile(gaussian, observe="y", num_traces=64, workers=0, progress=False)
+    g.save(tmp_path / "g.pt")
+    assert main(["evaluate", str(tmp_path / "g.pt"), "-n", "1"]) == 2
+    assert "not compiled for a CAPTCHA style" in capsys.readouterr().err
+
+
+def test_char_accuracy():
+    assert char_accuracy("ABCD", "ABCD") == 1.0
+    assert char_accuracy("ABXD", "ABCD") == 0.75
+    assert char_accuracy("ABC", "ABCD") == 0.75
