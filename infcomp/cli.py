@@ -90,7 +90,8 @@ def cmd_compile(args):
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     print(
         f"compiled {style.name}: {run['traces']} traces in {run['seconds']:.0f} s "
-        f"({run['traces_per_second']:.0f} traces/s), validation loss {run['validation_loss']:.2f}; "
+        f"({run['traces_per_second']:.0f} traces/s, {100 * run['waiting_for_data_seconds'] / run['seconds']:.0f}% "
+        f"of it waiting for traces), validation loss {run['validation_loss']:.2f}; "
         f"total {guide.traces_trained} traces -> {out}" + (f"; loss curve {curve}" if curve else "")
     )
 

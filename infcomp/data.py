@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import pyro
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .traces import PriorSampler
@@ -106,10 +107,16 @@ class PriorTraceStream(IterableDataset):
         return prior_batches(self.sampler, self.batch_size)
 
 
+def _one_thread(worker_id):
+    # torch already runs one thread per worker; NumPy's BLAS (used by simulators) must too,
+    # or workers and the trainer oversubscribe the cores many times over
+    threadpool_limits(1)
+
+
 def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int):
     """An iterator of training batches, drawn in ``workers`` processes (0: in this one)."""
     stream = PriorTraceStream(sampler, batch_size, seed)
     if workers == 0:
         return iter(stream)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_one_thread)
     return iter(loader)

@@ -17,6 +17,7 @@ import time
 
 import pyro
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .data import batch_stream, collate
@@ -119,7 +120,7 @@ def compile(
     :param num_traces: stop after this many training traces (default 10,000 if ``minutes`` is not given).
     :param minutes: stop after this much wall-clock time.
     :param guide: a guide to go on training (resumes its optimiser state).
-    :param workers: processes drawing traces (default: CPU cores - 1; 0 draws them in this process).
+    :param workers: processes drawing traces (default: the CPU cores, at most 4; 0 draws them in this process).
     :param seed: makes the run reproducible (for a fixed number of workers).
     :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]``.
     :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields.
@@ -129,7 +130,7 @@ def compile(
     if num_traces is None and minutes is None:
         num_traces = 10_000
     if workers is None:
-        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        workers = min(4, os.cpu_count() or 1)
     if seed is not None:
         pyro.set_rng_seed(seed)
     model_kwargs = dict(model_kwargs or {})
@@ -156,11 +157,13 @@ def compile(
     threads = torch.get_num_threads()
     if workers > 0:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    blas = threadpool_limits(1)  # NumPy work in a simulator (workers=0) stays on one thread too
     stream = batch_stream(sampler, batch_size, stream_seed, workers)
     start = time.perf_counter()
     deadline = start + 60 * minutes if minutes is not None else math.inf
     target = num_traces if num_traces is not None else math.inf
     done, last_val, val = 0, -math.inf, float("nan")
+    waited, val_cost = 0.0, 0.0
     bar = tqdm(
         total=num_traces if num_traces is not None else None,
         disable=not progress,
@@ -170,23 +173,34 @@ def compile(
     )
     try:
         while done < target and time.perf_counter() < deadline:
+            t0 = time.perf_counter()
             batch = next(stream)
+            waited += time.perf_counter() - t0
             trainer.set_progress(max(done / target, (time.perf_counter() - start) / (deadline - start)))
             loss = trainer.step(batch)
             done += batch.size
             guide.traces_trained += batch.size
             bar.update(batch.size)
             now = time.perf_counter()
-            if now - last_val >= validate_every or done >= target or now >= deadline:
+            # validate every `validate_every` seconds, but never spend over a tenth of the time on it
+            if now - last_val >= max(validate_every, 10 * val_cost) or done >= target or now >= deadline:
                 val = trainer.validation_loss()
-                last_val = now
+                last_val = time.perf_counter()
+                val_cost = last_val - now
                 guide.history.append((guide.traces_trained, loss, val))
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
     finally:
         bar.close()
         del stream
+        blas.restore_original_limits()
         torch.set_num_threads(threads)
     elapsed = time.perf_counter() - start
     guide.optimizer_state = trainer.optimizer.state_dict()
-    guide.last_run = {"traces": done, "seconds": elapsed, "traces_per_second": done / max(elapsed, 1e-9), "validation_loss": val}
+    guide.last_run = {
+        "traces": done,
+        "seconds": elapsed,
+        "traces_per_second": done / max(elapsed, 1e-9),
+        "validation_loss": val,
+        "waiting_for_data_seconds": waited,  # high: trace generation is the bottleneck (more workers may help)
+    }
     return guide

@@ -37,8 +37,8 @@ class CNNEmbedding(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_ch, c1, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(c3, c3, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c3, c3, 3, stride=1, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(grid),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
