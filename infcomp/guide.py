@@ -33,7 +33,8 @@ class Guide:
         self.traces_trained = 0
         self.history = []  # (traces, train loss, validation loss)
         self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. a CAPTCHA style)
-        self._states = {}
+        self._states = {}  # observation -> ObservationState
+        self._address_gates = {}  # address -> its folded share of the LSTM's input gates
         self._warned = set()
         self._checked_model = model
 
@@ -96,8 +97,13 @@ class Guide:
             return hit
         if len(self._states) > 8:
             self._states.clear()
-        state = self._states[key] = ObservationState(self.network, observation)
+        state = self._states[key] = ObservationState(self.network, observation, self._address_gates)
         return state
+
+    def invalidate(self):
+        """Forget cached per-observation and per-address work (the network's weights are changing)."""
+        self._states.clear()
+        self._address_gates.clear()
 
     # -- the model ----------------------------------------------------------------
     def check_model(self, model, model_args=(), model_kwargs=None):

@@ -29,11 +29,13 @@ class ObservationState:
     first address's proposal (its LSTM input depends on nothing but the observation).
     """
 
-    def __init__(self, network, observation: dict):
+    def __init__(self, network, observation: dict, address_gates: dict):
         self.network = network
         self.observation = observation
+        self.address_gates = address_gates  # per address, shared by all observations (the guide keeps it)
         with torch.no_grad():
             self.obs_e = network.start(observation)
+            self.obs_gates = network.observation_gates(self.obs_e)
             self.initial = network.initial_state(self.obs_e)
             self.w_prev = network.prev_weight()
         self._consts = {}
@@ -43,7 +45,10 @@ class ObservationState:
         c = self._consts.get(name)
         if c is None:
             with torch.no_grad():
-                c = self._consts[name] = self.network.constants(self.obs_e, name)
+                gates = self.address_gates.get(name)
+                if gates is None:
+                    gates = self.address_gates[name] = self.network.address_gates(name)
+                c = self._consts[name] = self.network.constants(self.obs_e, self.obs_gates, gates, name)
         return c
 
     def step(self, hc, prev, name, context, first):

@@ -152,6 +152,7 @@ def compile(
             raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
         guide.bind_model(model, model_args, model_kwargs)
     trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
+    guide.invalidate()
 
     stream_seed = (seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + guide.traces_trained
     threads = torch.get_num_threads()

@@ -157,19 +157,26 @@ class InferenceNetwork(nn.Module):
         zeros = obs_e.new_zeros(1, self.cfg.hidden)
         return [(zeros, zeros)] * self.cfg.layers, obs_e.new_zeros(1, self.cfg.value_dim)
 
-    def constants(self, obs_e, name):
-        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
-        spec, m = self.specs[name], self.site(name)
-        E, V = self.embed.dim, self.cfg.value_dim
-        w = self.lstm.weight_ih_l0
+    def observation_gates(self, obs_e):
+        """The observation's share of the first LSTM layer's input gates (the same at every address)."""
+        return self.lstm.weight_ih_l0[:, : self.embed.dim] @ obs_e + self.lstm.bias_ih_l0
+
+    def address_gates(self, name):
+        """Address ``name``'s share of the input gates (its address and family embeddings)."""
+        spec = self.specs[name]
         fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
-        fixed = torch.cat([obs_e, m.address, fam])
-        gate_bias = (torch.cat([w[:, :E], w[:, E + V :]], 1) @ fixed + self.lstm.bias_ih_l0).unsqueeze(0)
+        offset = self.embed.dim + self.cfg.value_dim
+        return self.lstm.weight_ih_l0[:, offset:] @ torch.cat([self.site(name).address, fam])
+
+    def constants(self, obs_e, obs_gates, address_gates, name):
+        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
+        m = self.site(name)
+        gate_bias = (obs_gates + address_gates).unsqueeze(0)
         head_bias = head_w = None
         if m.has_head:
             H = self.cfg.hidden
-            head_bias = (m.head1.weight[:, H:] @ obs_e + m.head1.bias).unsqueeze(0)
-            head_w = m.head1.weight[:, :H].contiguous()
+            head_bias = F.linear(obs_e, m.head1.weight[:, H:], m.head1.bias).unsqueeze(0)
+            head_w = m.head1.weight[:, :H]
         return gate_bias, head_bias, head_w
 
     def prev_weight(self):
@@ -188,7 +195,7 @@ class InferenceNetwork(nn.Module):
         if head_w is None:
             return None, new
         m, spec = self.site(name), self.specs[name]
-        z = torch.relu(torch.addmm(head_bias, new[-1][0], head_w.T))
+        z = torch.relu(F.linear(new[-1][0], head_w, head_bias))
         params = F.linear(z[0], m.head2.weight, m.head2.bias)
         return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
 
