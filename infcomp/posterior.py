@@ -142,6 +142,26 @@ class Posterior:
         presence = float(torch.exp(torch.logsumexp(lw[idx], 0) - torch.logsumexp(lw, 0))) if len(idx) else 0.0
         return Marginal(name, values, w, presence)
 
+    def values(self, i) -> dict:
+        """Sample ``i``'s latent values, ``{site: value}``."""
+        return {n: vals[j] for n, (idx, vals) in self._by_sample().items() for j in [idx.get(i)] if j is not None}
+
+    def _by_sample(self):
+        if getattr(self, "_index", None) is None:
+            self._index = {n: ({int(i): j for j, i in enumerate(idx.tolist())}, vals) for n, (idx, vals) in self._samples.items()}
+        return self._index
+
+    def probabilities(self, fn) -> dict:
+        """Posterior probability of each value of ``fn(values)`` (a discrete summary), most probable first.
+
+        For example ``post.probabilities(lambda v: reading(v))`` gives a CAPTCHA's readings.
+        """
+        totals = {}
+        for i, w in enumerate(self.weights.tolist()):
+            key = fn(self.values(i))
+            totals[key] = totals.get(key, 0.0) + w
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
     def mean(self, name):
         return self.marginal(name).mean
 

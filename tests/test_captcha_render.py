@@ -144,3 +144,62 @@ def test_gallery_writes_png(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         captcha.save_gallery(images, ["one"], str(tmp_path / "bad.png"))
+
+
+# --------------------------------------------------------------------------- newer spec fields
+
+
+def _ink_columns(img, level=0.5):
+    cols = np.where((img < level).any(axis=0))[0]
+    return cols.min(), cols.max()
+
+
+def test_new_fields_default_to_the_old_rendering():
+    spec = CaptchaSpec("Ab3x", height=32, width=96, font="DejaVuSans", font_size=20, x_scale=1.0, pitch=None,
+                       x_origin=None, baseline=None, fuzz=0.0, curve_width=0.0)
+    assert np.array_equal(render(spec, 5), render(CLEAN, 5))
+
+
+def test_x_origin_and_baseline_fix_the_pen():
+    base = dict(height=40, width=120, font="DejaVuSans", font_size=20)
+    a = render(CaptchaSpec("H", x_origin=10.0, baseline=30.0, **base), 0)
+    b = render(CaptchaSpec("H", x_origin=30.0, baseline=25.0, **base), 0)
+    (ax0, _), (bx0, _) = _ink_columns(a), _ink_columns(b)
+    assert bx0 - ax0 == 20
+    a_rows = np.where((a < 0.5).any(axis=1))[0]
+    b_rows = np.where((b < 0.5).any(axis=1))[0]
+    assert a_rows.max() - b_rows.max() == 5 and a_rows.max() <= 30
+
+
+def test_pitch_spaces_letters_evenly():
+    spec = CaptchaSpec("II", height=30, width=90, font="DejaVuSans", font_size=18, pitch=30.0, x_origin=5.0, baseline=22.0)
+    img = render(spec, 0)
+    cols = np.where((img < 0.5).any(axis=0))[0]
+    runs = np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+    assert len(runs) == 2 and runs[1][0] - runs[0][0] == 30
+
+
+def test_x_scale_condenses():
+    wide = render(CaptchaSpec("MMM", height=32, width=120, font="DejaVuSans", font_size=20), 0)
+    narrow = render(CaptchaSpec("MMM", height=32, width=120, font="DejaVuSans", font_size=20, x_scale=0.6), 0)
+    w0, w1 = np.subtract(*_ink_columns(wide)[::-1]), np.subtract(*_ink_columns(narrow)[::-1])
+    assert 0.5 * w0 < w1 < 0.7 * w0
+
+
+def test_fuzz_adds_ink_around_fuzzy_letters_only():
+    base = dict(height=40, width=120, font="DejaVuSans-Bold", font_size=24, pitch=50.0, x_origin=10.0, baseline=30.0)
+    crisp = render(CaptchaSpec("OO", **base), 3)
+    fuzzy = render(CaptchaSpec("OO", fuzz=(0.0, 3.0), **base), 3)
+    assert np.all(fuzzy <= crisp + 1e-6)  # only adds ink
+    diff = np.where((crisp - fuzzy > 0.05).any(axis=0))[0]
+    assert len(diff) > 0 and diff.min() >= 55  # around the second letter only
+    assert not np.array_equal(fuzzy, render(CaptchaSpec("OO", fuzz=(0.0, 3.0), **base), 4))
+
+
+def test_curve_spans_its_endpoints():
+    spec = CaptchaSpec("", height=50, width=200, curve_width=2.0, curve_end_width=1.5, curve_x0=18.0, curve_x1=180.0,
+                       curve_wiggles=2, curve_kinks=1)
+    for seed in range(5):
+        x0, x1 = _ink_columns(render(spec, seed), level=0.8)
+        assert 16 <= x0 <= 19 and 179 <= x1 <= 182
+    assert not np.array_equal(render(spec, 0), render(spec, 1))

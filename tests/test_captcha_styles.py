@@ -10,6 +10,13 @@ from infcomp_models.captcha import STYLES, get_style, latent_values
 from infcomp_models.captcha.render import CaptchaSpec, render
 
 PAPER_STYLES = ["baidu2011", "baidu2013", "ebay", "yahoo", "recaptcha", "wikipedia", "facebook"]
+#: styles modelled on real schemes (../shared/data/real-captchas), after the paper's seven
+REAL_SCHEME_STYLES = {
+    # name: (alphabet, letters, (height, width))
+    "captcha_images_v2": ("2345678bcdefgmnpwxy", 5, (50, 200)),
+    "really_simple_captcha": ("23456789ABCDEFGHJKLMNPQRSTUVWXYZ", 4, (24, 72)),
+}
+ALL_STYLES = PAPER_STYLES + list(REAL_SCHEME_STYLES)
 
 
 def _trace(style, seed, **kwargs):
@@ -18,7 +25,7 @@ def _trace(style, seed, **kwargs):
 
 
 def test_registry():
-    assert list(STYLES) == PAPER_STYLES
+    assert list(STYLES) == ALL_STYLES
     for name, style in STYLES.items():
         assert style.name == name
         assert get_style(name) is style
@@ -29,7 +36,7 @@ def test_unknown_style_is_a_clear_error():
         get_style("altavista")
     msg = str(err.value)
     assert "altavista" in msg
-    for name in PAPER_STYLES:
+    for name in ALL_STYLES:
         assert name in msg
 
 
@@ -43,7 +50,36 @@ def test_style_declares_sane_sizes(name):
     assert len(style.addresses(style.max_letters)) < 32
 
 
-@pytest.mark.parametrize("name", PAPER_STYLES)
+@pytest.mark.parametrize("name", list(REAL_SCHEME_STYLES))
+def test_real_scheme_style_matches_its_scheme(name):
+    style = STYLES[name]
+    alphabet, letters, shape = REAL_SCHEME_STYLES[name]
+    assert style.alphabet == alphabet
+    assert style.min_letters == style.max_letters == letters
+    assert style.shape == shape
+    assert 0.05 <= style.bandwidth <= 0.3 and style.kernel == "pixel"
+    assert len(style.addresses(letters)) < 30
+
+
+def _font_sites(style, n):
+    return [f"font_{i}" for i in range(n)] if style.font_per_letter else ["font"]
+
+
+def test_per_letter_fonts():
+    style = STYLES["really_simple_captcha"]
+    assert style.font_per_letter
+    fonts = set()
+    for seed in range(20):
+        trace = _trace(style, seed)
+        values = latent_values(trace)
+        assert "font" not in values
+        spec = style.spec(values)
+        assert spec.font == tuple(style.fonts[int(values[f"font_{i}"])] for i in range(4))
+        fonts.update(spec.font)
+    assert len(fonts) > 1
+
+
+@pytest.mark.parametrize("name", ALL_STYLES)
 def test_addresses_image_and_reading(name):
     style = STYLES[name]
     seen_lengths = set()
@@ -59,7 +95,7 @@ def test_addresses_image_and_reading(name):
         # declared addresses, in order
         assert sites == style.addresses(n)
         head = ["num_letters"] if style.max_letters > style.min_letters else []
-        head += [f"letter_{i}" for i in range(n)] + ["font", "font_size", "kerning"]
+        head += [f"letter_{i}" for i in range(n)] + _font_sites(style, n) + ["font_size", "kerning"]
         assert sites[: len(head)] == head
         assert sites[-2:] == ["noise_seed", "image"]
         assert all(torch.is_tensor(v) for v in values.values())
@@ -76,7 +112,7 @@ def test_addresses_image_and_reading(name):
         assert len(seen_lengths) > 1
 
 
-@pytest.mark.parametrize("name", PAPER_STYLES)
+@pytest.mark.parametrize("name", ALL_STYLES)
 def test_deterministic_under_pyro_seed(name):
     style = STYLES[name]
     a_img, a_text = style.sample(11)
@@ -89,7 +125,7 @@ def test_deterministic_under_pyro_seed(name):
     assert text == a_text and clean.min() >= 0 and clean.max() <= 1
 
 
-@pytest.mark.parametrize("name", PAPER_STYLES)
+@pytest.mark.parametrize("name", ALL_STYLES)
 def test_observed_image_scores(name):
     style = STYLES[name]
     image, _ = style.sample(3)
@@ -107,7 +143,7 @@ def test_observed_image_scores(name):
     assert good_lp > other_lp
 
 
-@pytest.mark.parametrize("name", PAPER_STYLES)
+@pytest.mark.parametrize("name", ALL_STYLES)
 def test_every_font_draws_every_character(name):
     style = STYLES[name]
     for font in style.fonts:
@@ -118,7 +154,7 @@ def test_every_font_draws_every_character(name):
 
 def test_every_style_in_the_gallery(tmp_path):
     images, titles = [], []
-    for name in PAPER_STYLES:
+    for name in ALL_STYLES:
         image, text = STYLES[name].sample(0, noiseless=True)
         images.append(image)
         titles.append(f"{name}: {text}")

@@ -111,6 +111,10 @@ def test_variable_structure_against_enumeration():
         for n, p in probs.items():
             estimate[int(n)] += p
         assert tv(estimate, exact) < 0.05, (y, probs)
+        # the same marginal through the per-sample view
+        by_sample = post.probabilities(lambda v: int(v["n"]))
+        assert all(abs(by_sample[int(n)] - p) < 1e-9 for n, p in probs.items())
+        assert all(("x_0" in post.values(i)) == (int(post.values(i)["n"]) >= 1) for i in range(50))
         # x_0 exists exactly when n >= 1
         assert abs(post.marginal("x_0").presence - float(exact[1:].sum())) < 0.03
 

@@ -1,13 +1,14 @@
 """Text-CAPTCHA generative models (after Le, Baydin, Zinkov & Wood 2017).
 
 Each style is a :class:`~infcomp_models.captcha.style.CaptchaStyle` whose
-``model(image=None)`` is a Pyro model; :data:`STYLES` maps names to styles in the
-paper's order.
+``model(image=None)`` is a Pyro model; :data:`STYLES` maps names to styles: the
+paper's seven in its order, then styles modelled on real schemes.
 """
 
 from __future__ import annotations
 
 from . import baidu2011, baidu2013, ebay, facebook, recaptcha, wikipedia, yahoo
+from . import captcha_images_v2, really_simple_captcha
 from .fonts import FONTS, font_names, font_path, load_font
 from .gallery import save_gallery
 from .render import CaptchaSpec, elastic_field, remap, render, seed_from_uniform
@@ -32,9 +33,13 @@ __all__ = [
     "save_gallery",
 ]
 
-#: name -> style, in the paper's order.
+#: name -> style: the paper's seven in its order, then styles modelled on real schemes.
 STYLES: dict[str, CaptchaStyle] = {
-    m.STYLE.name: m.STYLE for m in (baidu2011, baidu2013, ebay, yahoo, recaptcha, wikipedia, facebook)
+    m.STYLE.name: m.STYLE
+    for m in (
+        baidu2011, baidu2013, ebay, yahoo, recaptcha, wikipedia, facebook,
+        captcha_images_v2, really_simple_captcha,
+    )
 }
 
 

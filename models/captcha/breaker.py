@@ -97,16 +97,7 @@ class Reading:
 
 def read_posterior(style, guide, image, particles=100, seed=None) -> Reading:
     post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed)
-    weights = post.weights
-    per_sample = {}
-    for name, (idx, values) in post._samples.items():
-        for i, v in zip(idx.tolist(), values):
-            per_sample.setdefault(i, {})[name] = v
-    totals = {}
-    for i, values in per_sample.items():
-        text = style.reading(values)
-        totals[text] = totals.get(text, 0.0) + float(weights[i])
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    ranked = list(post.probabilities(style.reading).items())
     return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess)
 
 

@@ -8,11 +8,15 @@ read from the spec, so ``render(spec, seed)`` is a pure function.
 
 Pipeline, all on an ink-*coverage* map (0 = paper, 1 = ink):
 
-1. glyphs (cached per font, size, character and stroke) are rotated, laid out along a
-   baseline with kerning and per-letter offsets, and the text block is placed at a
-   fraction (``x_position``, ``y_position``) of the free space, so it stays inside
-   the image whenever it fits;
-2. clutter drawn with the ink: lines and arcs through the text, ellipses, dots;
+1. glyphs (cached per font, size, character, stroke and horizontal scale) are rotated,
+   laid out along a baseline with kerning (or a fixed ``pitch``) and per-letter
+   offsets, and the text block is placed at a fraction (``x_position``,
+   ``y_position``) of the free space, so it stays inside the image whenever it fits,
+   or at a fixed pen origin (``x_origin``, ``baseline``) where those are given;
+   letters with a positive ``fuzz`` get hairy edges (each pixel near them is taken
+   from a random nearby pixel, a "spread");
+2. clutter drawn with the ink: lines and arcs through the text, ellipses, dots, and
+   one long anti-aliased polyline (``curve_width > 0``) with a squiggle at its start;
 3. one bilinear remap combining shear, a sinusoidal wave and an elastic field
    (Simard et al. 2003);
 4. Gaussian blur (separable, as two small matrix products);
@@ -49,8 +53,9 @@ FloatOrSeq = Union[float, Sequence[float]]
 class CaptchaSpec:
     """Every latent a CAPTCHA image depends on (lengths in pixels, angles in degrees).
 
-    Per-letter fields (``font``, ``rotation``, ``dx``, ``dy``) take one value for all
-    letters or a sequence with one value per letter.
+    Per-letter fields (``font``, ``rotation``, ``dx``, ``dy``, ``fuzz``) take one value
+    for all letters or a sequence with one value per letter.  Every field added after
+    the first seven styles defaults to "off", so older specs render exactly as before.
     """
 
     text: str
@@ -66,6 +71,11 @@ class CaptchaSpec:
     y_position: float = 0.5  #: ... and in the vertical free space (0 top, 1 bottom)
     stroke: int = 0  #: extra stroke width (bolder letters)
     hollow: bool = False  #: draw letter outlines only
+    x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
+    pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
+    x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
+    baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
+    fuzz: FloatOrSeq = 0.0  #: per-letter hairy-edge radius in pixels (a random "spread"); <= 0: crisp
     # geometric distortion
     shear: float = 0.0  #: horizontal shear, pixels of x per pixel of y from the centre
     wave_amplitude: float = 0.0  #: vertical sinusoidal displacement amplitude
@@ -82,6 +92,18 @@ class CaptchaSpec:
     num_dots: int = 0  #: small filled discs anywhere
     dot_radius: float = 1.0
     clutter_ink: float = 1.0  #: coverage of clutter strokes (1 = as dark as the text)
+    # one long polyline: from x = curve_x0 to x = curve_x1 (None: the right edge), random
+    # y at both ends, curve_wiggles short random segments first (within curve_wiggle_span
+    # pixels of the start, each moving up to 0.4 * height up or down), curve_kinks bends
+    # along the long run (up to 0.25 * height off the straight line); anti-aliased, its width
+    # going linearly from curve_width at the start to curve_end_width (None: the same)
+    curve_width: float = 0.0  #: 0: no curve
+    curve_end_width: Union[float, None] = None
+    curve_x0: float = 0.0
+    curve_x1: Union[float, None] = None
+    curve_wiggles: int = 0
+    curve_wiggle_span: float = 25.0
+    curve_kinks: int = 0
     # photometric
     ink: float = 0.0  #: ink intensity
     background: float = 1.0  #: paper intensity
@@ -111,9 +133,17 @@ def _per_letter(value, n: int, name: str) -> list:
 
 
 @functools.lru_cache(maxsize=8192)
-def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool):
+def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, x_scale: float = 1.0):
     """(mask image or None, left, top, advance): the glyph's ink mask with its top-left
-    corner relative to the pen position on the baseline."""
+    corner relative to the pen position on the baseline (scaled by ``x_scale``
+    horizontally, about the pen position)."""
+    if x_scale != 1.0:
+        mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow)
+        if mask is None:
+            return None, 0, 0, advance * x_scale
+        w, h = mask.size
+        new_w = max(int(round(w * x_scale)), 1)
+        return mask.resize((new_w, h), Image.BILINEAR), left * x_scale, top, advance * x_scale
     font = load_font(font_name, size)
     sw = max(stroke, 1) if hollow else stroke
     advance = font.getlength(char)
@@ -128,10 +158,11 @@ def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool):
 
 
 @functools.lru_cache(maxsize=4096)
-def _rotated_glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, angle: float):
+def _rotated_glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, angle: float,
+                   x_scale: float = 1.0):
     """The glyph rotated by ``angle`` degrees about its centre (cached; angles are
-    quantised to 0.5 degrees by the caller)."""
-    mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow)
+    quantised to 0.5 degrees and ``x_scale`` to 0.02 by the caller)."""
+    mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow, x_scale)
     if mask is None or angle == 0.0:
         return mask, float(left), float(top), advance
     w, h = mask.size
@@ -212,36 +243,46 @@ def remap(image: np.ndarray, dx: np.ndarray, dy: np.ndarray, fill: float = 0.0) 
 
 
 def _layout(spec: CaptchaSpec):
-    """Rotated glyphs and their float top-left positions, text block placed in the image."""
+    """Rotated glyphs with their float top-left positions and fuzz radii, text block
+    placed in the image; and the block's box."""
     n = len(spec.text)
     fonts = _per_letter(spec.font, n, "font")
     rotations = _per_letter(spec.rotation, n, "rotation")
     dxs = _per_letter(spec.dx, n, "dx")
     dys = _per_letter(spec.dy, n, "dy")
+    fuzzes = _per_letter(spec.fuzz, n, "fuzz")
     size = max(int(round(float(spec.font_size))), 1)
     stroke = int(spec.stroke)
     hollow = bool(spec.hollow)
     kerning = float(spec.kerning)
+    x_scale = max(round(float(spec.x_scale) * 50.0) / 50.0, 0.02)
+    pitch = None if spec.pitch is None else float(spec.pitch)
     placed = []
     pen = 0.0
     x_min = y_min = math.inf
     x_max = y_max = -math.inf
     for i, ch in enumerate(spec.text):
         angle = round(float(rotations[i]) * 2.0) / 2.0
-        mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle)
+        mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
         if mask is not None:
             x = pen + left + float(dxs[i])
             y = top + float(dys[i])
             w, h = mask.size
-            placed.append((mask, x, y))
+            placed.append((mask, x, y, max(float(fuzzes[i]), 0.0)))
             x_min, y_min = min(x_min, x), min(y_min, y)
             x_max, y_max = max(x_max, x + w), max(y_max, y + h)
-        pen += advance + kerning
+        pen += (advance if pitch is None else pitch) + kerning
     if not placed:
         return [], (0.0, 0.0, 0.0, 0.0)
-    shift_x = float(spec.x_position) * (spec.width - (x_max - x_min)) - x_min
-    shift_y = float(spec.y_position) * (spec.height - (y_max - y_min)) - y_min
-    placed = [(m, x + shift_x, y + shift_y) for m, x, y in placed]
+    if spec.x_origin is None:
+        shift_x = float(spec.x_position) * (spec.width - (x_max - x_min)) - x_min
+    else:
+        shift_x = float(spec.x_origin)
+    if spec.baseline is None:
+        shift_y = float(spec.y_position) * (spec.height - (y_max - y_min)) - y_min
+    else:
+        shift_y = float(spec.baseline)
+    placed = [(m, x + shift_x, y + shift_y, f) for m, x, y, f in placed]
     box = (x_min + shift_x, y_min + shift_y, x_max + shift_x, y_max + shift_y)
     return placed, box
 
@@ -294,18 +335,105 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([stream, seed])
 
 
-_CLUTTER, _ELASTIC, _NOISE = 1, 2, 3
+_CLUTTER, _ELASTIC, _NOISE, _FUZZ, _CURVE = 1, 2, 3, 4, 5
+_CURVE_SUPERSAMPLE = 4
+_HAIR_INK = 0.7  #: coverage of the hairs that fuzz grows (they look grey, thinner than strokes)
+
+
+def _spread(canvas: Image.Image, placed, rng: np.random.Generator) -> Image.Image:
+    """Hairy edges: around each letter with fuzz radius ``r > 0`` (its box grown by
+    ``r``), every pixel also gets the ink of a pixel displaced by up to ``r`` in x and
+    in y, at random (like ImageMagick's ``-spread``, kept only where it
+    adds ink, so the letter's body stays solid and a halo of grey hairs grows around it)."""
+    w, h = canvas.size
+    radius = np.zeros((h, w), np.float32)
+    for mask, x, y, f in placed:
+        if f <= 0:
+            continue
+        mw, mh = mask.size
+        pad = int(math.ceil(f))
+        x0, y0 = max(int(math.floor(x)) - pad, 0), max(int(math.floor(y)) - pad, 0)
+        x1, y1 = min(int(math.ceil(x + mw)) + pad, w), min(int(math.ceil(y + mh)) + pad, h)
+        if x1 > x0 and y1 > y0:
+            np.maximum(radius[y0:y1, x0:x1], np.float32(f), out=radius[y0:y1, x0:x1])
+    cols = np.flatnonzero(radius.max(axis=0) > 0)
+    if len(cols) == 0:
+        return canvas
+    cov = np.asarray(canvas, dtype=np.float32).copy()
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1  # work on the columns the fuzzy letters need
+    cw = c1 - c0
+    # x displacements correlated along rows and y displacements along columns, so that
+    # the copied ink forms short spikes sticking out of the edges rather than dots; a
+    # Gaussian of width 1 shrinks white noise's spread by about 0.53, undone here
+    raw = rng.standard_normal(size=(2, h, cw), dtype=np.float32) * np.float32(0.7 / 0.53)
+    jx = np.clip(raw[0] @ gaussian_smoothing_matrix(cw, 1.0).T, -1.0, 1.0)
+    jy = np.clip(gaussian_smoothing_matrix(h, 1.0) @ raw[1], -1.0, 1.0)
+    r = radius[:, c0:c1]
+    part = cov[:, c0:c1]
+    cov[:, c0:c1] = np.maximum(part, np.float32(_HAIR_INK) * remap(part, jx * r, jy * r))
+    return Image.fromarray(np.clip(cov + 0.5, 0, 255).astype(np.uint8))
+
+
+def _curve(spec: CaptchaSpec, box, rng: np.random.Generator) -> np.ndarray:
+    """The long polyline's coverage (anti-aliased by drawing at 4x and averaging)."""
+    h, w = int(spec.height), int(spec.width)
+    s = _CURVE_SUPERSAMPLE
+    x0 = float(spec.curve_x0)
+    x1 = float(w if spec.curve_x1 is None else spec.curve_x1)
+    span = max(float(spec.curve_wiggle_span), 0.0)
+    pts = [(x0, rng.uniform(0, h))]
+    for _ in range(int(spec.curve_wiggles)):  # short strokes near the start
+        y = pts[-1][1] + rng.uniform(-0.4, 0.4) * h
+        pts.append((x0 + rng.uniform(0, span), min(max(y, 0.0), float(h))))
+    start_long = pts[-1]
+    end = (x1, rng.uniform(0, h))
+    kinks = int(spec.curve_kinks)
+    if kinks:
+        ts = np.sort(rng.uniform(0.15, 0.85, kinks))
+        for t in ts.tolist():
+            kx = start_long[0] + t * (end[0] - start_long[0])
+            ky = start_long[1] + t * (end[1] - start_long[1]) + rng.uniform(-0.25, 0.25) * h
+            pts.append((kx, min(max(ky, 0.0), float(h))))
+    pts.append(end)
+    w0 = float(spec.curve_width)
+    w1 = w0 if spec.curve_end_width is None else float(spec.curve_end_width)
+    xs_lo, xs_hi = min(p[0] for p in pts), max(p[0] for p in pts)
+
+    def width_at(x):
+        t = 0.0 if xs_hi <= xs_lo else (x - xs_lo) / (xs_hi - xs_lo)
+        return max(w0 + t * (w1 - w0), 0.5) * s
+
+    big = Image.new("L", (w * s, h * s), 0)
+    draw = ImageDraw.Draw(big)
+    # the long run is cut into pieces so its width can change along it
+    pieces = []
+    for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:]):
+        k = max(int(abs(bx - ax) // 20) + 1, 1)
+        for j in range(k):
+            t0, t1 = j / k, (j + 1) / k
+            pieces.append(((ax + t0 * (bx - ax), ay + t0 * (by - ay)), (ax + t1 * (bx - ax), ay + t1 * (by - ay))))
+    for (ax, ay), (bx, by) in pieces:
+        width = width_at(0.5 * (ax + bx))
+        draw.line([(ax * s, ay * s), (bx * s, by * s)], fill=255, width=max(int(round(width)), 1))
+        r = 0.5 * width
+        draw.ellipse([bx * s - r, by * s - r, bx * s + r, by * s + r], fill=255)
+    small = big.reduce(s)
+    return np.asarray(small, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
 def _coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
     h, w = int(spec.height), int(spec.width)
     canvas = Image.new("L", (w, h), 0)
     placed, box = _layout(spec)
-    for mask, x, y in placed:
+    for mask, x, y, _ in placed:
         canvas.paste(255, (int(round(x)), int(round(y))), mask)
+    if any(f > 0 for *_, f in placed):
+        canvas = _spread(canvas, placed, _rng(seed, _FUZZ))
     if spec.num_lines or spec.num_arcs or spec.num_ellipses or spec.num_dots:
         _draw_clutter(canvas, spec, box, _rng(seed, _CLUTTER))
     cov = np.asarray(canvas, dtype=np.float32) * np.float32(1.0 / 255.0)
+    if spec.curve_width > 0:
+        cov = np.maximum(cov, _curve(spec, box, _rng(seed, _CURVE)))
 
     # one remap for shear + wave + elastic
     field = None

@@ -5,7 +5,8 @@ at these addresses, in this order::
 
     num_letters            Categorical over min_letters..max_letters (only if they differ)
     letter_0 .. letter_{n-1}  Categorical over the alphabet (value = index)
-    font                   Categorical over the style's fonts
+    font                   Categorical over the style's fonts (font_0 .. font_{n-1}, one
+                           per letter, instead, for a style with ``font_per_letter``)
     font_size, kerning     Uniform
     <distortion latents>   the style's Latent list, in order; per-letter latents
                            expand to name_0 .. name_{n-1} where they are declared
@@ -96,6 +97,8 @@ class CaptchaStyle:
 
     :param fixed: constant :class:`CaptchaSpec` fields (overridden by latents).
     :param bandwidth: the ABC kernel's bandwidth on ``[0, 1]`` pixel values.
+    :param font_per_letter: draw each letter's font independently (sites ``font_i``
+        in place of the single ``font`` site).
     :param kernel: ``"pixel"`` (:class:`infcomp.abc.PixelKernel`) or ``"projection"``
         (:class:`infcomp.abc.RandomProjectionKernel` with ``projection_dim`` directions).
     """
@@ -111,6 +114,7 @@ class CaptchaStyle:
     kerning: tuple[float, float]
     latents: tuple[Latent, ...] = ()
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    font_per_letter: bool = False
     bandwidth: float = 0.15
     kernel: str = "pixel"
     projection_dim: int = 128
@@ -130,6 +134,9 @@ class CaptchaStyle:
         names = [lat.name for lat in self.latents]
         if len(set(names)) != len(names):
             raise ValueError(f"style {self.name!r}: duplicate latent names")
+        if self.font_per_letter and any(a.startswith("font_") for lat in self.latents
+                                        for a in lat.addresses(self.max_letters)):
+            raise ValueError(f"style {self.name!r}: latent names font_* are taken by the per-letter fonts")
         bad = set(self.fixed) - _SPEC_FIELDS
         if bad:
             raise ValueError(f"style {self.name!r}: unknown CaptchaSpec fields in fixed: {sorted(bad)}")
@@ -151,10 +158,15 @@ class CaptchaStyle:
             raise ValueError(f"style {self.name!r} has {self.min_letters}..{self.max_letters} letters, not {num_letters}")
         names = ["num_letters"] if self.variable_length else []
         names += [f"letter_{i}" for i in range(num_letters)]
-        names += ["font", "font_size", "kerning"]
+        names += self._font_addresses(num_letters) + ["font_size", "kerning"]
         for lat in self.latents:
             names += lat.addresses(num_letters)
         return names + ["noise_seed", "image"]
+
+    def _font_addresses(self, num_letters: int) -> list[str]:
+        if self.font_per_letter:
+            return [f"font_{i}" for i in range(num_letters)]
+        return ["font"]
 
     # ------------------------------------------------------------------ values -> text / spec
 
@@ -177,7 +189,8 @@ class CaptchaStyle:
             text=self.reading(values),
             height=self.height,
             width=self.width,
-            font=self.fonts[int(values["font"])],
+            font=(tuple(self.fonts[int(values[a])] for a in self._font_addresses(n)) if self.font_per_letter
+                  else self.fonts[int(values["font"])]),
             font_size=_number(values["font_size"]),
             kerning=_number(values["kerning"]),
         )
@@ -228,7 +241,9 @@ class CaptchaStyle:
         n = self.num_letters(values)
         for i in range(n):
             values[f"letter_{i}"] = pyro.sample(f"letter_{i}", d["letter"])
-        for name in ("font", "font_size", "kerning"):
+        for address in self._font_addresses(n):
+            values[address] = pyro.sample(address, d["font"])
+        for name in ("font_size", "kerning"):
             values[name] = pyro.sample(name, d[name])
         for lat in self.latents:
             for address in lat.addresses(n):

@@ -1,0 +1,55 @@
+"""captcha_images_v2 (the Keras OCR example's data set, Wilhelmy and Rosas 2013): five
+characters from ``2345678bcdefgmnpwxy`` in a heavy sans serif, crowded so
+that neighbours touch, some letters with hairy (spread) edges, one long black stroke
+with a squiggle at its start crossing the text, on a grey left-to-right gradient.
+
+Modelled by looking at real images (200 x 50): the background rises smoothly from
+about 0.77 at the left to 0.99 at the right, with no pixel noise; the text block
+starts near x = 28 and ends near x = 140, caps about 30 px tall on a baseline near
+y = 41 (descenders reach the bottom edge); the letters look like
+Computer Modern Sans (its two-storey g, its small x-height) drawn with a 1 px stroke
+(stems about 6 px, as measured in the real crisp letters); the later letters
+(usually the last three) have hairy edges, the first ones are crisp; the stroke
+always runs from x = 18 to x = 180, about 2 px wide at its right end and thicker
+(about 3 px) in the squiggle at its left end.
+"""
+
+from .style import CaptchaStyle, Latent
+
+STYLE = CaptchaStyle(
+    name="captcha_images_v2",
+    description=__doc__,
+    alphabet="2345678bcdefgmnpwxy",
+    min_letters=5,
+    max_letters=5,
+    height=50,
+    width=200,
+    fonts=("cmss10",),
+    font_size=(38.0, 48.0),
+    kerning=(-5.0, 0.0),
+    latents=(
+        Latent("x_scale", 0.8, 1.1),
+        Latent("x_origin", 18.0, 38.0),
+        Latent("baseline", 37.0, 45.0),
+        Latent("dy", -2.0, 2.0, per_letter=True),
+        # hairy-edge radius per letter: the renderer treats <= 0 as crisp, so about
+        # 23% of letters are crisp and the rest grow a halo of up to 5 px
+        Latent("fuzz", -1.5, 5.0, per_letter=True),
+        Latent("curve_width", 1.5, 4.0),
+        Latent("curve_end_width", 1.2, 3.0),
+        Latent("background", 0.82, 0.92),
+        Latent("gradient", 0.1, 0.35),
+    ),
+    fixed=dict(
+        stroke=1,
+        ink=0.0,
+        gradient_angle=0.05,
+        curve_x0=18.0,
+        curve_x1=180.0,
+        curve_wiggles=2,
+        curve_wiggle_span=25.0,
+        curve_kinks=1,
+        noise=0.0,
+    ),
+    bandwidth=0.15,
+)
