@@ -34,7 +34,7 @@ class ObservationState:
         self.observation = observation
         self.address_gates = address_gates  # per address, shared by all observations (the guide keeps it)
         with torch.no_grad():
-            self.obs_e = network.start(observation)
+            self.obs_e, self.attend = network.start(observation)
             self.obs_gates = network.observation_gates(self.obs_e)
             self.initial = network.initial_state(self.obs_e)
             self.w_prev = network.prev_weight()
@@ -57,7 +57,7 @@ class ObservationState:
             f = self._first
             if f is not None and f[0] == name and torch.equal(f[1], context):
                 return f[2], f[3]
-        params, hc = self.network.step(hc, prev, name, self.constants(name), self.w_prev)
+        params, hc = self.network.step(hc, prev, name, self.constants(name), self.w_prev, self.attend)
         proposal = None
         if params is not None:
             proposal = self.network.families[self.network.specs[name].family].proposal(params, context)

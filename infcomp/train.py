@@ -104,7 +104,7 @@ def compile(
     model_kwargs=None,
     guide=None,
     batch_size=64,
-    lr=3e-3,
+    lr=None,
     workers=None,
     seed=None,
     device="cpu",
@@ -124,6 +124,8 @@ def compile(
     :param seed: makes the run reproducible (for a fixed number of workers).
     :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]``.
     :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields.
+    :param lr: Adam's learning rate (default 3e-3, or 1e-3 when an observation is an image: CNNs on
+        noisy images stall at the higher rate).
     :param validate_every: seconds between validation-loss evaluations.
     """
     observe = normalize_observe(observe)
@@ -151,6 +153,8 @@ def compile(
         if tuple(guide.observe) != observe:
             raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
         guide.bind_model(model, model_args, model_kwargs)
+    if lr is None:
+        lr = 1e-3 if guide.network.embed.memory_dim else 3e-3
     trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
     guide.invalidate()
 

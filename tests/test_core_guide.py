@@ -76,6 +76,33 @@ def test_inference_proposals_match_training_pass(branching_guide):
         assert abs(lq - float(expected)) < 1e-4
 
 
+def image_model(image=None):
+    k = pyro.sample("k", dist.Categorical(torch.ones(3)))
+    x = pyro.sample("x", dist.Uniform(0.0, 1.0))
+    column = torch.arange(16.0)
+    picture = torch.exp(-((column - 4 * k - 2 - 4 * x) ** 2)).expand(8, 16)
+    pyro.sample("image", dist.Normal(picture, 0.1).to_event(2), obs=image)
+
+
+def test_inference_proposals_match_training_pass_with_image_attention():
+    guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False)
+    assert guide.network.attention is not None
+    sampler = PriorSampler(image_model, "image")
+    records = [sampler.sample() for _ in range(6)]
+    with torch.no_grad():
+        batch_lq = guide.network.log_q(collate(records, sampler.specs))
+    for record, expected in zip(records, batch_lq):
+        data = dict(zip(record.structure, record.values))
+        ref = poutine.trace(poutine.condition(image_model, data=data)).get_trace(record.observation["image"])
+        for n in record.structure:
+            ref.nodes[n]["is_observed"] = False
+        state = guide.state_for({"image": record.observation["image"]})
+        with torch.no_grad(), poutine.trace() as tr, ProposalMessenger(state, ("image",)):
+            poutine.replay(image_model, trace=ref)(record.observation["image"])
+        lq = sum(float(tr.trace.nodes[n]["fn"].log_prob(tr.trace.nodes[n]["value"]).sum()) for n in record.structure)
+        assert abs(lq - float(expected)) < 1e-4
+
+
 # -- save / load --------------------------------------------------------------------------
 def test_save_load_round_trip(guide, tmp_path):
     path = tmp_path / "gauss.pt"

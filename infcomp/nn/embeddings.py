@@ -43,10 +43,16 @@ class CNNEmbedding(nn.Module):
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
 
+        self.memory_dim = c3 * grid[0]
+        self.memory_len = grid[1]
+
     def forward(self, x):
+        """``(summary [B, dim], columns [B, grid width, channels x grid height])``: the columns are what
+        proposal heads attend over, left to right."""
         if self.add_channel:
             x = x.unsqueeze(1)
-        return self.head(self.features(x))
+        f = self.features(x)
+        return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
 def default_embedding(shape, dim):
@@ -78,10 +84,14 @@ class ObservationEmbedding(nn.Module):
                 raise ValueError(f"embedding= must map a batch [B, *shape] to [B, dim]; it gave {shape}")
             self.dim = int(out.shape[1])
             self.mix = None
+            self.memory_dim = self.memory_len = 0
         else:
             self.dim = dim
             self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim) for n in self.names)
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None
+        cnns = [e for e in getattr(self, "embeds", []) if isinstance(e, CNNEmbedding)]
+        self.memory_dim = cnns[0].memory_dim if cnns else 0
+        self.memory_len = sum(e.memory_len for e in cnns)
 
     @torch.no_grad()
     def set_normalization(self, observation: dict):
@@ -92,8 +102,13 @@ class ObservationEmbedding(nn.Module):
             self.scale[i] = x.std().clamp(min=1e-6) if x.numel() > 1 else 1.0
 
     def forward(self, observation: dict):
+        """``(embedding [B, dim], memory [B, L, memory_dim] or None)``: the memory holds the image columns."""
         xs = [(observation[n].float() - self.loc[i]) / self.scale[i] for i, n in enumerate(self.names)]
         if self.custom is not None:
-            return self.custom(xs[0] if len(xs) == 1 else dict(zip(self.names, xs)))
+            return self.custom(xs[0] if len(xs) == 1 else dict(zip(self.names, xs))), None
         out = [e(x) for e, x in zip(self.embeds, xs)]
-        return out[0] if self.mix is None else self.mix(torch.cat(out, -1))
+        summaries = [o[0] if isinstance(o, tuple) else o for o in out]
+        memories = [o[1] for o in out if isinstance(o, tuple)]
+        memory = None if not memories else memories[0] if len(memories) == 1 else torch.cat(memories, 1)
+        summary = summaries[0] if self.mix is None else self.mix(torch.cat(summaries, -1))
+        return summary, memory

@@ -52,16 +52,39 @@ class NetworkConfig:
 class SiteModule(nn.Module):
     """Everything the network owns for one address."""
 
-    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int):
+    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int, memory_dim: int = 0):
         super().__init__()
         self.address = nn.Parameter(torch.randn(cfg.address_dim) * 0.1)
         self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
         self.has_head = family.has_head
         if family.has_head:
             n_out = max(1, math.prod(spec.value_shape)) * family.num_params(spec)
-            self.head1 = nn.Linear(cfg.hidden + obs_dim, cfg.head_hidden)
+            self.head1 = nn.Linear(cfg.hidden + obs_dim + memory_dim, cfg.head_hidden)
             self.head2 = nn.Linear(cfg.head_hidden, n_out)
             family.init_head(self.head2, spec)
+
+
+class Attention(nn.Module):
+    """Each step reads the image's columns with a query from the LSTM state (dot-product attention).
+
+    What an address depends on sits at different places in different images; attention lets
+    its head look there instead of decoding it from one global summary of the image.
+    """
+
+    def __init__(self, hidden, memory_dim, memory_len, dim=64):
+        super().__init__()
+        self.key = nn.Linear(memory_dim, dim)
+        self.position = nn.Parameter(torch.randn(memory_len, dim) * 0.1)
+        self.query = nn.Linear(hidden, dim)
+        self.scale = dim**-0.5
+
+    def keys(self, memory):
+        return self.key(memory) + self.position
+
+    def read(self, h, keys, memory):
+        """``h [T, B, H]``, ``keys [B, L, d]``, ``memory [B, L, M]`` -> context ``[T, B, M]``."""
+        scores = torch.einsum("tbd,bld->tbl", self.query(h), keys) * self.scale
+        return torch.einsum("tbl,blm->tbm", torch.softmax(scores, -1), memory)
 
 
 def grouped_linear(x, layers, address, slot, num_slots):
@@ -85,6 +108,8 @@ class InferenceNetwork(nn.Module):
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
+        m = self.embed.memory_dim
+        self.attention = Attention(c.hidden, m, self.embed.memory_len) if m else None
         self.sites = nn.ModuleDict()
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
@@ -95,7 +120,7 @@ class InferenceNetwork(nn.Module):
         if spec.name in self.specs:
             raise ValueError(f"site {spec.name!r} already has a head")
         key = str(len(self.sites))
-        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim)
+        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim, self.embed.memory_dim)
         module.to(self.family_embedding.weight.device)
         self.sites[key] = module
         self._keys[spec.name] = key
@@ -108,7 +133,7 @@ class InferenceNetwork(nn.Module):
     # -- training ---------------------------------------------------------------
     def log_q(self, batch) -> torch.Tensor:
         """``log q(latents | observation)`` of every trace in the batch: ``[B]``."""
-        obs_e = self.embed(batch.observation)
+        obs_e, memory = self.embed(batch.observation)
         B = batch.size
         T = int(batch.lengths.max()) if B else 0
         if T == 0:
@@ -132,6 +157,7 @@ class InferenceNetwork(nn.Module):
         x_prev = prev.new_zeros(T, B, prev.shape[-1]).index_put((step[keep] + 1, trace[keep]), prev[keep])
         x = torch.cat([obs_e.unsqueeze(0).expand(T, B, -1), x_prev, x_cur], -1)
         h, _ = self.lstm(x)
+        ctx = None if self.attention is None else self.attention.read(h, self.attention.keys(memory), memory)
         out = obs_e.new_zeros(B)
         for g in batch.groups:
             spec = self.specs[g.names[0]]
@@ -139,7 +165,10 @@ class InferenceNetwork(nn.Module):
             if not family.has_head:
                 continue
             mods = [self.site(n) for n in g.names]
-            z = torch.cat([h[g.step, g.trace], obs_e[g.trace]], -1)
+            parts = [h[g.step, g.trace], obs_e[g.trace]]
+            if ctx is not None:
+                parts.append(ctx[g.step, g.trace])
+            z = torch.cat(parts, -1)
             z = F.relu(grouped_linear(z, [m.head1 for m in mods], g.address, g.slot, g.num_slots))
             params = grouped_linear(z, [m.head2 for m in mods], g.address, g.slot, g.num_slots)
             params = params.reshape((len(params),) + spec.value_shape + (family.num_params(spec),))
@@ -148,9 +177,11 @@ class InferenceNetwork(nn.Module):
         return out
 
     # -- inference, one address at a time ----------------------------------------
-    def start(self, observation: dict) -> torch.Tensor:
-        """The observation's embedding ``[E]``."""
-        return self.embed({k: v.unsqueeze(0) for k, v in observation.items()})[0]
+    def start(self, observation: dict):
+        """The observation's embedding ``[E]`` and what attention reads: ``(keys, memory)`` or None."""
+        obs_e, memory = self.embed({k: v.unsqueeze(0) for k, v in observation.items()})
+        attend = None if self.attention is None else (self.attention.keys(memory), memory)
+        return obs_e[0], attend
 
     def initial_state(self, obs_e):
         """LSTM state ``[(h, c)] * layers`` and previous-value embedding before the first address."""
@@ -174,16 +205,17 @@ class InferenceNetwork(nn.Module):
         gate_bias = (obs_gates + address_gates).unsqueeze(0)
         head_bias = head_w = None
         if m.has_head:
-            H = self.cfg.hidden
-            head_bias = F.linear(obs_e, m.head1.weight[:, H:], m.head1.bias).unsqueeze(0)
-            head_w = m.head1.weight[:, :H]
+            H, E = self.cfg.hidden, self.embed.dim
+            w = m.head1.weight
+            head_bias = F.linear(obs_e, w[:, H : H + E], m.head1.bias).unsqueeze(0)
+            head_w = torch.cat([w[:, :H], w[:, H + E :]], 1)  # applies to [h, attention context]
         return gate_bias, head_bias, head_w
 
     def prev_weight(self):
         E, V = self.embed.dim, self.cfg.value_dim
         return self.lstm.weight_ih_l0[:, E : E + V].contiguous()
 
-    def step(self, hc, prev, name, consts, w_prev):
+    def step(self, hc, prev, name, consts, w_prev, attend=None):
         """One LSTM step at ``name``: ``(proposal parameters [*S, P] or None, new LSTM state)``."""
         gate_bias, head_bias, head_w = consts
         lstm = self.lstm
@@ -195,7 +227,10 @@ class InferenceNetwork(nn.Module):
         if head_w is None:
             return None, new
         m, spec = self.site(name), self.specs[name]
-        z = torch.relu(F.linear(new[-1][0], head_w, head_bias))
+        h = new[-1][0]
+        if attend is not None:
+            h = torch.cat([h, self.attention.read(h.unsqueeze(0), *attend)[0]], -1)
+        z = torch.relu(F.linear(h, head_w, head_bias))
         params = F.linear(z[0], m.head2.weight, m.head2.bias)
         return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
 
