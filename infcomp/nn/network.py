@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..traces import SiteSpec
+from .balance import GradientBalancer
 from .embeddings import ObservationEmbedding
 from .proposals import FAMILY_NAMES, make_families
 
@@ -44,6 +45,7 @@ class NetworkConfig:
     layers: int = 1
     head_hidden: int = 64
     mixture_components: int = 3
+    balance_gradients: bool = True  # see infcomp.nn.balance
 
     def to_dict(self):
         return asdict(self)
@@ -56,6 +58,8 @@ class SiteModule(nn.Module):
         super().__init__()
         self.address = nn.Parameter(torch.randn(cfg.address_dim) * 0.1)
         self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
+        if memory_dim:  # where this address looks in the image, before the LSTM state refines it
+            self.query = nn.Parameter(torch.randn(Attention.DIM) * 0.1)
         self.has_head = family.has_head
         if family.has_head:
             n_out = max(1, math.prod(spec.value_shape)) * family.num_params(spec)
@@ -71,7 +75,9 @@ class Attention(nn.Module):
     its head look there instead of decoding it from one global summary of the image.
     """
 
-    def __init__(self, hidden, memory_dim, memory_len, dim=64):
+    DIM = 64
+
+    def __init__(self, hidden, memory_dim, memory_len, dim=DIM):
         super().__init__()
         self.key = nn.Linear(memory_dim, dim)
         self.position = nn.Parameter(torch.randn(memory_len, dim) * 0.1)
@@ -81,10 +87,11 @@ class Attention(nn.Module):
     def keys(self, memory):
         return self.key(memory) + self.position
 
-    def read(self, h, keys, memory):
-        """``h [T, B, H]``, ``keys [B, L, d]``, ``memory [B, L, M]`` -> context ``[T, B, M]``."""
-        scores = torch.einsum("tbd,bld->tbl", self.query(h), keys) * self.scale
-        return torch.einsum("tbl,blm->tbm", torch.softmax(scores, -1), memory)
+    def read(self, h, address_query, keys, memory):
+        """``h [R, H]``, ``address_query [R, d]``, ``keys [R, L, d]``, ``memory [R, L, M]`` -> context ``[R, M]``."""
+        q = self.query(h) + address_query
+        scores = torch.einsum("rd,rld->rl", q, keys) * self.scale
+        return torch.einsum("rl,rlm->rm", torch.softmax(scores, -1), memory)
 
 
 def grouped_linear(x, layers, address, slot, num_slots):
@@ -111,6 +118,7 @@ class InferenceNetwork(nn.Module):
         m = self.embed.memory_dim
         self.attention = Attention(c.hidden, m, self.embed.memory_len) if m else None
         self.sites = nn.ModuleDict()
+        self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
 
@@ -157,7 +165,7 @@ class InferenceNetwork(nn.Module):
         x_prev = prev.new_zeros(T, B, prev.shape[-1]).index_put((step[keep] + 1, trace[keep]), prev[keep])
         x = torch.cat([obs_e.unsqueeze(0).expand(T, B, -1), x_prev, x_cur], -1)
         h, _ = self.lstm(x)
-        ctx = None if self.attention is None else self.attention.read(h, self.attention.keys(memory), memory)
+        keys = None if self.attention is None else self.attention.keys(memory)
         out = obs_e.new_zeros(B)
         for g in batch.groups:
             spec = self.specs[g.names[0]]
@@ -165,10 +173,14 @@ class InferenceNetwork(nn.Module):
             if not family.has_head:
                 continue
             mods = [self.site(n) for n in g.names]
-            parts = [h[g.step, g.trace], obs_e[g.trace]]
-            if ctx is not None:
-                parts.append(ctx[g.step, g.trace])
-            z = torch.cat(parts, -1)
+            hg = h[g.step, g.trace]
+            seen = obs_e[g.trace]
+            if keys is not None:
+                query = torch.stack([m.query for m in mods])[g.address]
+                seen = torch.cat([seen, self.attention.read(hg, query, keys[g.trace], memory[g.trace])], -1)
+            if self.balancer is not None:
+                seen = self.balancer(seen, g.signature)
+            z = torch.cat([hg, seen], -1)
             z = F.relu(grouped_linear(z, [m.head1 for m in mods], g.address, g.slot, g.num_slots))
             params = grouped_linear(z, [m.head2 for m in mods], g.address, g.slot, g.num_slots)
             params = params.reshape((len(params),) + spec.value_shape + (family.num_params(spec),))
@@ -229,7 +241,7 @@ class InferenceNetwork(nn.Module):
         m, spec = self.site(name), self.specs[name]
         h = new[-1][0]
         if attend is not None:
-            h = torch.cat([h, self.attention.read(h.unsqueeze(0), *attend)[0]], -1)
+            h = torch.cat([h, self.attention.read(h, m.query.unsqueeze(0), *attend)], -1)
         z = torch.relu(F.linear(h, head_w, head_bias))
         params = F.linear(z[0], m.head2.weight, m.head2.bias)
         return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
