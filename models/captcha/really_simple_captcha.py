@@ -7,8 +7,12 @@ Modelled by looking at real images (72 x 24): letters sit in four even slots 15 
 apart (column ink profiles dip at x = 19, 34, 49), the first starting 3-10 px from
 the left; capitals are about 12 px tall (digits a little less); baselines vary
 per letter by a few pixels; letters lean by up to ~10 degrees; no noise or lines.
-The plugin draws with Gentium Basic; the closest faces installed here are the four
-STIX General variants (a Times-like serif).
+The plugin draws with Gentium Basic, which is not installed here.  The prior covers it
+with eleven serif faces rather than the closest one: the four STIX General variants (a
+Times-like serif), the four DejaVu Serif ones and Computer Modern roman, bold and italic.
+A first breaker that knew only the four STIX faces read 79.5% of the real images; most of
+its errors were the curly italic "2" of Gentium read as "Z" or "5", a glyph no STIX face
+draws (Computer Modern italic's "2" is close to it).
 """
 
 from .style import CaptchaStyle, Latent
@@ -21,7 +25,11 @@ STYLE = CaptchaStyle(
     max_letters=4,
     height=24,
     width=72,
-    fonts=("STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta"),
+    fonts=(
+        "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
+        "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic",
+        "cmr10", "cmb10", "cmti10",
+    ),
     font_per_letter=True,
     font_size=(16.5, 20.0),
     kerning=(-1.0, 1.0),  # added to the 15 px pitch
