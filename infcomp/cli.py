@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 __all__ = ["main"]
@@ -67,8 +66,6 @@ def save_loss_curve(guide, path):
 
 
 def cmd_compile(args):
-    import infcomp
-
     captcha, breaker = _captcha()
     style = captcha.get_style(args.style)
     out = Path(args.out)
@@ -235,8 +232,6 @@ def cmd_break(args):
 
 
 def cmd_evaluate(args):
-    import pyro
-
     captcha, breaker = _captcha()
     guide, style = breaker.load_breaker(args.model)
     images, labels = [], []

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyro
-import torch
 import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample

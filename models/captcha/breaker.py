@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
 from PIL import Image, UnidentifiedImageError
 

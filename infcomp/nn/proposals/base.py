@@ -30,8 +30,6 @@ class ProposalFamily:
         """Network outputs per element of the value."""
         raise NotImplementedError
 
-    def context_size(self, spec) -> int:
-        raise NotImplementedError
 
     def feature_size(self, spec) -> int:
         """Width of the value's features, flattened over ``S``."""

@@ -1,7 +1,6 @@
 """Bounded counts: a Binomial with the prior's total count and a logit added to the prior's."""
 
 import pyro.distributions as dist
-import torch
 
 from .base import ProposalFamily, broadcast_context, flat
 
@@ -13,8 +12,6 @@ class BinomialProposal(ProposalFamily):
     def num_params(self, spec):
         return 1
 
-    def context_size(self, spec):
-        return 2
 
     def context(self, prior):
         return broadcast_context(prior, prior.total_count, prior.logits)

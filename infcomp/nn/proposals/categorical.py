@@ -3,7 +3,7 @@
 import pyro.distributions as dist
 import torch.nn.functional as F
 
-from .base import ProposalFamily, flat
+from .base import ProposalFamily
 
 
 class CategoricalProposal(ProposalFamily):
@@ -13,8 +13,6 @@ class CategoricalProposal(ProposalFamily):
     def num_params(self, spec):
         return spec.num_categories
 
-    def context_size(self, spec):
-        return spec.num_categories
 
     def context(self, prior):
         return prior.logits.float()

@@ -23,8 +23,6 @@ class LogNormalMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 3 * self.K
 
-    def context_size(self, spec):
-        return 3
 
     def context(self, prior):
         lb = torch.as_tensor(lower_bound(prior.support), dtype=torch.get_default_dtype())

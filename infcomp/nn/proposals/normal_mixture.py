@@ -69,8 +69,6 @@ class NormalMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 3 * self.K
 
-    def context_size(self, spec):
-        return 2
 
     def context(self, prior):
         if type(prior) is dist.Normal:

@@ -17,8 +17,6 @@ class PoissonMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 2 * self.K
 
-    def context_size(self, spec):
-        return 1
 
     def context(self, prior):
         return broadcast_context(prior, finite_or(prior.mean, 1.0).clamp(min=0.1))
