@@ -16,25 +16,13 @@ import torch
 import pyro.poutine as poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .posterior import Posterior
+from .threads import limited_threads
 from .traces import is_latent, normalize_observe
 
 __all__ = ["infer", "greedy", "LogWeight"]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Torch and NumPy's BLAS on one thread for the duration."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _log_prob(fn, msg):
@@ -101,7 +89,7 @@ def infer(
         pyro.set_rng_seed(seed)
 
     conditioned = poutine.condition(model, data=obs)
-    with one_thread():  # particles run one by one on small tensors: extra threads only contend
+    with limited_threads():  # particles run one by one on small tensors: extra threads only contend
         return _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress)
 
 
@@ -136,6 +124,6 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None) -> di
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
     obs = guide.check_observation(observation)
-    with one_thread(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), LogWeight() as lw:
+    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), LogWeight() as lw:
         poutine.condition(model, data=obs)(*model_args, **model_kwargs)
     return lw.values

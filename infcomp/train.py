@@ -17,12 +17,12 @@ import time
 
 import pyro
 import torch
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .data import batch_stream, collate
 from .guide import Guide
 from .nn.network import InferenceNetwork, NetworkConfig
+from .threads import limited_threads
 from .traces import PriorSampler, normalize_observe, observation_specs
 
 __all__ = ["compile", "Trainer"]
@@ -159,46 +159,43 @@ def compile(
     guide.invalidate()
 
     stream_seed = (seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + guide.traces_trained
-    threads = torch.get_num_threads()
-    if workers > 0:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    blas = threadpool_limits(1)  # NumPy work in a simulator (workers=0) stays on one thread too
-    stream = batch_stream(sampler, batch_size, stream_seed, workers)
-    start = time.perf_counter()
-    deadline = start + 60 * minutes if minutes is not None else math.inf
-    target = num_traces if num_traces is not None else math.inf
-    done, last_val, val = 0, -math.inf, float("nan")
-    waited, val_cost = 0.0, 0.0
-    bar = tqdm(
-        total=num_traces if num_traces is not None else None,
-        disable=not progress,
-        unit="trace",
-        desc="compiling",
-        smoothing=0.1,
-    )
-    try:
-        while done < target and time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            batch = next(stream)
-            waited += time.perf_counter() - t0
-            trainer.set_progress(max(done / target, (time.perf_counter() - start) / (deadline - start)))
-            loss = trainer.step(batch)
-            done += batch.size
-            guide.traces_trained += batch.size
-            bar.update(batch.size)
-            now = time.perf_counter()
-            # validate every `validate_every` seconds, but never spend over a tenth of the time on it
-            if now - last_val >= max(validate_every, 10 * val_cost) or done >= target or now >= deadline:
-                val = trainer.validation_loss()
-                last_val = time.perf_counter()
-                val_cost = last_val - now
-                guide.history.append((guide.traces_trained, loss, val))
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
-    finally:
-        bar.close()
-        del stream
-        blas.restore_original_limits()
-        torch.set_num_threads(threads)
+    # the trainer keeps the cores the workers leave; NumPy in a simulator (workers=0) stays on one thread
+    torch_threads = max(1, (os.cpu_count() or 1) - workers) if workers > 0 else torch.get_num_threads()
+    with limited_threads(torch_threads):
+        stream = batch_stream(sampler, batch_size, stream_seed, workers)
+        start = time.perf_counter()
+        deadline = start + 60 * minutes if minutes is not None else math.inf
+        target = num_traces if num_traces is not None else math.inf
+        done, last_val, val = 0, -math.inf, float("nan")
+        waited, val_cost = 0.0, 0.0
+        bar = tqdm(
+            total=num_traces if num_traces is not None else None,
+            disable=not progress,
+            unit="trace",
+            desc="compiling",
+            smoothing=0.1,
+        )
+        try:
+            while done < target and time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                batch = next(stream)
+                waited += time.perf_counter() - t0
+                trainer.set_progress(max(done / target, (time.perf_counter() - start) / (deadline - start)))
+                loss = trainer.step(batch)
+                done += batch.size
+                guide.traces_trained += batch.size
+                bar.update(batch.size)
+                now = time.perf_counter()
+                # validate every `validate_every` seconds, but never spend over a tenth of the time on it
+                if now - last_val >= max(validate_every, 10 * val_cost) or done >= target or now >= deadline:
+                    val = trainer.validation_loss()
+                    last_val = time.perf_counter()
+                    val_cost = last_val - now
+                    guide.history.append((guide.traces_trained, loss, val))
+                    bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
+        finally:
+            bar.close()
+            del stream
     elapsed = time.perf_counter() - start
     guide.optimizer_state = trainer.optimizer.state_dict()
     guide.last_run = {
