@@ -138,7 +138,20 @@ def _summary(rows, greedy_ms, posterior_ms):
         out["accuracy_when_confident"] = (
             sum(r["posterior"] == r["label"] for r in confident) / len(confident) if confident else None
         )
+        if post:
+            out.update(_calibration([r["probability"] for r in post], [r["posterior"] == r["label"] for r in post]))
     return out
+
+
+def _calibration(probs, correct, bins=10):
+    """Brier score of the reading's probability, and expected calibration error (ECE):
+    the mean |probability - share right| over ten equal-width bins, weighted by count."""
+    import numpy as np
+
+    p, c = np.asarray(probs, dtype=float), np.asarray(correct, dtype=float)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = sum(abs(p[idx == b].mean() - c[idx == b].mean()) * (idx == b).sum() for b in range(bins) if (idx == b).any())
+    return {"brier": float(np.mean((p - c) ** 2)), "calibration_error": float(ece / len(p))}
 
 
 def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress):
@@ -184,6 +197,8 @@ def _print_summary(s):
         if s.get("accuracy_when_confident") is not None:
             print(f"readings with probability > 0.9: {100 * s['confident_share']:.0f}% of them, "
                   f"{100 * s['accuracy_when_confident']:.1f}% right")
+        if "brier" in s:
+            print(f"calibration: Brier score {s['brier']:.3f}, expected calibration error {s['calibration_error']:.3f}")
 
 
 def _gallery(rows, images, path, n=16):
@@ -200,7 +215,7 @@ def _gallery(rows, images, path, n=16):
 
 def cmd_break(args):
     captcha, breaker = _captcha()
-    guide, style = breaker.load_breaker(args.model)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth)
     images, labels, names, errors = [], [], [], []
     for f in args.files:
         try:
@@ -217,7 +232,8 @@ def cmd_break(args):
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
                                          args.seed, not args.json)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, image_rule=breaker.IMAGE_RULE, errors=errors, readings=rows)
+    summary.update(style=style.name, bandwidth=style.bandwidth, image_rule=breaker.IMAGE_RULE, errors=errors,
+                   readings=rows)
     if args.reliability and rows and rows[0].get("label") is not None and "probability" in rows[0]:
         _reliability_plot([r["probability"] for r in rows], [r["reading"] == r["label"] for r in rows],
                           args.reliability, f"{style.name}: {len(rows)} images")
@@ -233,17 +249,22 @@ def cmd_break(args):
 
 def cmd_evaluate(args):
     captcha, breaker = _captcha()
-    guide, style = breaker.load_breaker(args.model)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth)
     images, labels = [], []
+    drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever --bandwidth reads with
     for i in range(args.n):
-        image, text = style.sample(args.seed + 1_000_003 + i)  # draws the training stream never starts from
+        image, text = drawn.sample(args.seed + 1_000_003 + i)  # draws the training stream never starts from
         images.append(image)
         labels.append(text)
     names = [f"draw {i}" for i in range(args.n)]
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles,
                                          args.posterior_n, args.seed, not args.json)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, traces_trained=guide.traces_trained)
+    summary.update(style=style.name, bandwidth=style.bandwidth, traces_trained=guide.traces_trained)
+    if args.reliability and "probability" in rows[0]:
+        post = [r for r in rows if "probability" in r]
+        _reliability_plot([r["probability"] for r in post], [r["posterior"] == r["label"] for r in post],
+                          args.reliability, f"{style.name}: {len(post)} fresh draws")
     if args.gallery:
         _gallery(rows, images, args.gallery)
         summary["gallery"] = args.gallery
@@ -297,7 +318,11 @@ def build_parser():
             s.add_argument("--posterior-n", type=int, default=100, help="how many of the n get a posterior read too")
             s.add_argument("--gallery", default="evaluate.png")
             s.add_argument("--show", type=int, default=10, help="print this many readings")
+            s.add_argument("--reliability", help="write a reliability plot (PNG) of the posterior reads")
         s.add_argument("--particles", type=int, default=100, help="importance samples per posterior read (0: greedy only)")
+        s.add_argument("--bandwidth", type=float, default=None,
+                       help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
+                            "tolerates what the model cannot draw and spreads the posterior over more particles)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
         s.set_defaults(fn=fn)

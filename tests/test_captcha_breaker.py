@@ -70,6 +70,37 @@ def test_evaluate_json(breaker, tmp_path, capsys):
     assert gallery.exists()
 
 
+def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):
+    """A wider read-time kernel changes only the image's log density: on the same particles
+    (same seed) the weights tend to p/q as the bandwidth grows, far flatter than the pixel
+    kernel's at the compiled bandwidth, where one particle takes nearly all the weight."""
+    from infcomp_models.captcha.breaker import load_breaker, read_posterior
+
+    image, _ = get_style("baidu2011").sample(7)
+    ess = []
+    for bw in (None, 50.0):
+        guide, style = load_breaker(breaker, bw)
+        ess.append(read_posterior(style, guide, image, particles=16, seed=3).ess)
+    assert ess[0] < 2 < 8 < ess[1]
+    rel = tmp_path / "rel.png"
+    assert main(["evaluate", str(breaker), "-n", "3", "--posterior-n", "3", "--particles", "4", "--bandwidth", "0.4",
+                 "--json", "--gallery", "", "--reliability", str(rel)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bandwidth"] == 0.4 and rel.exists()
+    assert 0.0 <= result["brier"] <= 1.0 and 0.0 <= result["calibration_error"] <= 1.0
+    assert main(["evaluate", str(breaker), "-n", "1", "--bandwidth", "0"]) == 2
+    assert "bandwidth must be positive" in capsys.readouterr().err
+
+
+def test_calibration_scores():
+    from infcomp.cli import _calibration
+
+    # two bins: p=0.95 twice (one right), p=0.25 twice (none right)
+    c = _calibration([0.95, 0.95, 0.25, 0.25], [True, False, False, False])
+    assert c["brier"] == pytest.approx((0.05**2 + 0.95**2 + 2 * 0.25**2) / 4)
+    assert c["calibration_error"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.25)
+
+
 def test_samples_gallery(tmp_path):
     out = tmp_path / "s.png"
     assert main(["samples", "--style", "ebay", "-n", "4", "--out", str(out)]) == 0

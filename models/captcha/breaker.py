@@ -57,9 +57,14 @@ def style_of(guide):
     return get_style(name)
 
 
-def load_breaker(path):
+def load_breaker(path, bandwidth=None):
+    """``(guide, style)`` from a breaker file, the guide bound to the style's model; with
+    ``bandwidth``, the model reads with that ABC kernel bandwidth (see
+    :meth:`CaptchaStyle.with_bandwidth`) instead of the style's own."""
     guide = infcomp.load(path)
     style = style_of(guide)
+    if bandwidth is not None:
+        style = style.with_bandwidth(bandwidth)
     guide.bind_model(style.model)
     return guide, style
 

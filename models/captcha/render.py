@@ -73,9 +73,11 @@ class CaptchaSpec:
     hollow: bool = False  #: draw letter outlines only
     x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
+    pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
     x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
     baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
     fuzz: FloatOrSeq = 0.0  #: per-letter hairy-edge radius in pixels (a random "spread"); <= 0: crisp
+    hair_ink: float = 0.7  #: coverage of the hairs that fuzz grows (1: as dark as the letters)
     # geometric distortion
     shear: float = 0.0  #: horizontal shear, pixels of x per pixel of y from the centre
     wave_amplitude: float = 0.0  #: vertical sinusoidal displacement amplitude
@@ -266,6 +268,8 @@ def _layout(spec: CaptchaSpec):
         mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
         if mask is not None:
             x = pen + left + float(dxs[i])
+            if pitch is not None:
+                x += float(spec.pitch_align) * (pitch - advance)
             y = top + float(dys[i])
             w, h = mask.size
             placed.append((mask, x, y, max(float(fuzzes[i]), 0.0)))
@@ -337,10 +341,9 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 _CLUTTER, _ELASTIC, _NOISE, _FUZZ, _CURVE = 1, 2, 3, 4, 5
 _CURVE_SUPERSAMPLE = 4
-_HAIR_INK = 0.7  #: coverage of the hairs that fuzz grows (they look grey, thinner than strokes)
 
 
-def _spread(canvas: Image.Image, placed, rng: np.random.Generator) -> Image.Image:
+def _spread(canvas: Image.Image, placed, hair_ink: float, rng: np.random.Generator) -> Image.Image:
     """Hairy edges: around each letter with fuzz radius ``r > 0`` (its box grown by
     ``r``), every pixel also gets the ink of a pixel displaced by up to ``r`` in x and
     in y, at random (like ImageMagick's ``-spread``, kept only where it
@@ -370,7 +373,7 @@ def _spread(canvas: Image.Image, placed, rng: np.random.Generator) -> Image.Imag
     jy = np.clip(gaussian_smoothing_matrix(h, 1.0) @ raw[1], -1.0, 1.0)
     r = radius[:, c0:c1]
     part = cov[:, c0:c1]
-    cov[:, c0:c1] = np.maximum(part, np.float32(_HAIR_INK) * remap(part, jx * r, jy * r))
+    cov[:, c0:c1] = np.maximum(part, np.float32(hair_ink) * remap(part, jx * r, jy * r))
     return Image.fromarray(np.clip(cov + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -428,7 +431,7 @@ def _coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
     for mask, x, y, _ in placed:
         canvas.paste(255, (int(round(x)), int(round(y))), mask)
     if any(f > 0 for *_, f in placed):
-        canvas = _spread(canvas, placed, _rng(seed, _FUZZ))
+        canvas = _spread(canvas, placed, min(max(float(spec.hair_ink), 0.0), 1.0), _rng(seed, _FUZZ))
     if spec.num_lines or spec.num_arcs or spec.num_ellipses or spec.num_dots:
         _draw_clutter(canvas, spec, box, _rng(seed, _CLUTTER))
     cov = np.asarray(canvas, dtype=np.float32) * np.float32(1.0 / 255.0)

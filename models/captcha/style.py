@@ -268,6 +268,17 @@ class CaptchaStyle:
         image = node["fn"].mean if noiseless else node["value"]
         return image, self.reading(values)
 
+    def with_bandwidth(self, bandwidth: float) -> "CaptchaStyle":
+        """The same style with another ABC kernel bandwidth: a read-time tolerance.
+
+        A wider kernel forgives a real image for what the model cannot draw, and keeps
+        importance weights from collapsing onto one particle.  Its addresses and
+        latents are the same, so a breaker compiled for this style reads with it.
+        """
+        if not float(bandwidth) > 0:
+            raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+        return dataclasses.replace(self, bandwidth=float(bandwidth))
+
     def prior_size(self) -> float:
         """log10 of the number of distinct texts (a rough difficulty measure)."""
         a = len(self.alphabet)
