@@ -77,12 +77,15 @@ def cmd_compile(args):
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
-    guide = breaker.compile_breaker(
-        style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
-        batch_size=args.batch_size, progress=not args.quiet,
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    guide.save(out)
+    try:
+        guide = breaker.compile_breaker(
+            style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
+            batch_size=args.batch_size, progress=not args.quiet, checkpoint=out, checkpoint_every=args.checkpoint_every,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
+        return 130
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     print(
@@ -302,6 +305,8 @@ def build_parser():
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--checkpoint-every", type=float, default=5.0,
+                   help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
 

@@ -9,6 +9,8 @@ convention) or from :meth:`Guide.condition`.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import pyro.poutine as poutine
 
@@ -33,6 +35,7 @@ class Guide:
         self.traces_trained = 0
         self.history = []  # (traces, train loss, validation loss)
         self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. a CAPTCHA style)
+        self.last_run = None  # figures of the latest compile run (traces, seconds, ...)
         self._states = {}  # observation -> ObservationState
         self._address_gates = {}  # address -> its folded share of the LSTM's input gates
         self._warned = set()
@@ -165,7 +168,10 @@ class Guide:
 
     # -- save and load ------------------------------------------------------------
     def save(self, path):
+        """Write the guide to ``path`` (atomically: a save cut short leaves the old file whole)."""
         net = self.network
+        path = os.fspath(path)
+        tmp = f"{path}.saving"
         torch.save(
             {
                 "format": FORMAT,
@@ -180,9 +186,11 @@ class Guide:
                 "traces_trained": self.traces_trained,
                 "history": [list(h) for h in self.history],
                 "metadata": dict(self.metadata),
+                "last_run": self.last_run,
             },
-            path,
+            tmp,
         )
+        os.replace(tmp, path)
 
     def __repr__(self):
         return (
@@ -230,6 +238,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     guide.traces_trained = int(data.get("traces_trained", 0))
     guide.history = [tuple(h) for h in data.get("history", [])]
     guide.metadata = dict(data.get("metadata", {}))
+    guide.last_run = data.get("last_run")
     if model is not None:
         guide.bind_model(model, model_args, model_kwargs)
     return guide

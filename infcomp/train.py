@@ -112,6 +112,9 @@ def compile(
     config=None,
     validation_size=512,
     validate_every=2.0,
+    checkpoint=None,
+    checkpoint_every=5.0,
+    metadata=None,
     progress=True,
 ) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws.
@@ -127,6 +130,10 @@ def compile(
     :param lr: Adam's learning rate (default 3e-3, or 1e-3 when an observation is an image: CNNs on
         noisy images stall at the higher rate).
     :param validate_every: seconds between validation-loss evaluations.
+    :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
+        end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
+        save); ``compile(..., guide=infcomp.load(checkpoint))`` goes on from there.
+    :param metadata: entries for ``guide.metadata`` (saved with the guide, checkpoints included).
     """
     observe = normalize_observe(observe)
     if num_traces is None and minutes is None:
@@ -155,6 +162,7 @@ def compile(
         guide.bind_model(model, model_args, model_kwargs)
     if lr is None:
         lr = 1e-3 if guide.network.embed.memory_dim else 3e-3
+    guide.metadata.update(metadata or {})
     trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
     guide.invalidate()
 
@@ -175,6 +183,7 @@ def compile(
             desc="compiling",
             smoothing=0.1,
         )
+        last_save = start
         try:
             while done < target and time.perf_counter() < deadline:
                 t0 = time.perf_counter()
@@ -193,10 +202,25 @@ def compile(
                     val_cost = last_val - now
                     guide.history.append((guide.traces_trained, loss, val))
                     bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
+                if checkpoint is not None and now - last_save >= 60 * checkpoint_every:
+                    _finish(guide, trainer, done, time.perf_counter() - start, val, waited).save(checkpoint)
+                    last_save = time.perf_counter()
+        except KeyboardInterrupt:
+            _finish(guide, trainer, done, time.perf_counter() - start, val, waited, interrupted=True)
+            if checkpoint is not None:
+                guide.save(checkpoint)
+            raise
         finally:
             bar.close()
             del stream
-    elapsed = time.perf_counter() - start
+    _finish(guide, trainer, done, time.perf_counter() - start, val, waited)
+    if checkpoint is not None:
+        guide.save(checkpoint)
+    return guide
+
+
+def _finish(guide, trainer, done, elapsed, val, waited, interrupted=False) -> Guide:
+    """Put the run's optimiser state and figures on the guide (so it saves and resumes whole)."""
     guide.optimizer_state = trainer.optimizer.state_dict()
     guide.last_run = {
         "traces": done,
@@ -204,5 +228,6 @@ def compile(
         "traces_per_second": done / max(elapsed, 1e-9),
         "validation_loss": val,
         "waiting_for_data_seconds": waited,  # high: trace generation is the bottleneck (more workers may help)
+        "interrupted": interrupted,
     }
     return guide

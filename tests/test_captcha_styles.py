@@ -158,5 +158,5 @@ def test_every_style_in_the_gallery(tmp_path):
         image, text = STYLES[name].sample(0, noiseless=True)
         images.append(image)
         titles.append(f"{name}: {text}")
-    path = captcha.save_gallery(images, titles, str(tmp_path / "styles.png"), ncols=3)
+    captcha.save_gallery(images, titles, str(tmp_path / "styles.png"), ncols=3)
     assert (tmp_path / "styles.png").stat().st_size > 1000

@@ -123,6 +123,34 @@ def test_training_resumes_with_optimizer_state(guide, tmp_path):
     assert steps_after == steps_before + 10
 
 
+def test_checkpoint_saves_during_the_run_at_its_end_and_on_interrupt(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    g = infcomp.compile(gaussian, observe="y", num_traces=256, seed=0, workers=0, progress=False,
+                        checkpoint=path, checkpoint_every=0.0, metadata={"note": "ckpt"})
+    saved = infcomp.load(path)
+    assert saved.traces_trained == g.traces_trained == 256 and saved.metadata["note"] == "ckpt"
+    assert saved.optimizer_state is not None and not (tmp_path / "ckpt.pt.saving").exists()
+
+    # a Ctrl-C in the middle of a run: the traces trained so far are saved, and the interrupt goes on up
+    import infcomp.train as train
+
+    calls = {"n": 0}
+    real_step = train.Trainer.step
+
+    def step_then_interrupt(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(train.Trainer, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        infcomp.compile(gaussian, observe="y", num_traces=6400, guide=saved, workers=0, progress=False,
+                        checkpoint=path, checkpoint_every=60.0)
+    resumed = infcomp.load(path)
+    assert resumed.traces_trained == 256 + 2 * 64 and resumed.last_run["interrupted"]
+
+
 def test_new_addresses_keep_optimizer_state():
     sampler = PriorSampler(poisson_branching, "y")
     pyro.set_rng_seed(0)

@@ -1,7 +1,6 @@
 """The tutorials' code runs as written (in a scratch folder), at the sizes the page states
 unless the page marks a ``# test size:`` override."""
 
-import os
 import re
 from pathlib import Path
 

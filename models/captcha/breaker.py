@@ -40,14 +40,13 @@ IMAGE_RULE = (
 
 def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=None, workers=None,
                     batch_size=64, progress=True, **kwargs):
-    """Train (or go on training) a guide on the style's prior draws; the style's name goes into its metadata."""
+    """Train (or go on training) a guide on the style's prior draws; the style's name goes into its
+    metadata.  Other keywords go to :func:`infcomp.compile` (``checkpoint=``, ``lr=``, ...)."""
     style = get_style(style) if isinstance(style, str) else style
-    guide = infcomp.compile(
+    return infcomp.compile(
         style.model, "image", num_traces, minutes=minutes, guide=guide, seed=seed, workers=workers,
-        batch_size=batch_size, progress=progress, **kwargs,
+        batch_size=batch_size, progress=progress, metadata={"style": style.name}, **kwargs,
     )
-    guide.metadata["style"] = style.name
-    return guide
 
 
 def style_of(guide):
