@@ -179,6 +179,38 @@ def test_pitch_spaces_letters_evenly():
     assert len(runs) == 2 and runs[1][0] - runs[0][0] == 30
 
 
+def test_pitch_align_centres_glyphs_in_their_cells():
+    base = dict(height=30, width=120, font="DejaVuSans", font_size=18, pitch=30.0, x_origin=5.0, baseline=22.0)
+    for text in ("iW", "Wi"):
+        left = render(CaptchaSpec(text, **base), 0)
+        centred = render(CaptchaSpec(text, pitch_align=0.5, **base), 0)
+        cols = np.where((centred < 0.5).any(axis=0))[0]
+        runs = np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+        centres = [0.5 * (r[0] + r[-1]) for r in runs]
+        assert len(runs) == 2 and abs(centres[1] - centres[0] - 30) <= 1.5  # same cell centres, whatever the glyph
+        assert not np.array_equal(left, centred)
+
+
+def test_max_glyph_width_condenses_only_wide_glyphs():
+    base = dict(height=32, width=120, font="DejaVuSans", font_size=24, x_origin=5.0, baseline=26.0)
+    for text, squeezed in (("m", True), ("i", False)):
+        free = render(CaptchaSpec(text, **base), 0)
+        fitted = render(CaptchaSpec(text, max_glyph_width=12.0, **base), 0)
+        w0 = np.subtract(*_ink_columns(free)[::-1]) + 1
+        w1 = np.subtract(*_ink_columns(fitted)[::-1]) + 1
+        if squeezed:
+            assert w0 > 16 and w1 <= 12
+        else:
+            assert np.array_equal(free, fitted)
+
+
+def test_hair_ink_darkens_the_hairs():
+    base = dict(height=40, width=120, font="DejaVuSans-Bold", font_size=24, x_origin=10.0, baseline=30.0, fuzz=3.0)
+    grey = render(CaptchaSpec("OX", hair_ink=0.5, **base), 3)
+    dark = render(CaptchaSpec("OX", hair_ink=1.0, **base), 3)
+    assert np.all(dark <= grey + 1e-6) and (grey - dark).max() > 0.2
+
+
 def test_x_scale_condenses():
     wide = render(CaptchaSpec("MMM", height=32, width=120, font="DejaVuSans", font_size=20), 0)
     narrow = render(CaptchaSpec("MMM", height=32, width=120, font="DejaVuSans", font_size=20, x_scale=0.6), 0)

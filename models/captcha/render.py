@@ -74,6 +74,7 @@ class CaptchaSpec:
     x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
+    max_glyph_width: Union[float, None] = None  #: glyphs wider than this (pixels) are condensed to fit it
     x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
     baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
     fuzz: FloatOrSeq = 0.0  #: per-letter hairy-edge radius in pixels (a random "spread"); <= 0: crisp
@@ -259,6 +260,7 @@ def _layout(spec: CaptchaSpec):
     kerning = float(spec.kerning)
     x_scale = max(round(float(spec.x_scale) * 50.0) / 50.0, 0.02)
     pitch = None if spec.pitch is None else float(spec.pitch)
+    max_width = None if spec.max_glyph_width is None else max(float(spec.max_glyph_width), 1.0)
     placed = []
     pen = 0.0
     x_min = y_min = math.inf
@@ -266,6 +268,9 @@ def _layout(spec: CaptchaSpec):
     for i, ch in enumerate(spec.text):
         angle = round(float(rotations[i]) * 2.0) / 2.0
         mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
+        if max_width is not None and mask is not None and mask.size[0] > max_width:
+            fit = max(math.floor(x_scale * max_width / mask.size[0] * 50.0) / 50.0, 0.02)
+            mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, fit)
         if mask is not None:
             x = pen + left + float(dxs[i])
             if pitch is not None:
