@@ -40,6 +40,7 @@ def main():
     p.add_argument("--particles", type=int, default=30)
     p.add_argument("--out", default="out/real")
     p.add_argument("--skip-compile", action="store_true", help="only read, with the breakers already in --out")
+    p.add_argument("--bandwidth", type=float, help="read with this ABC bandwidth instead of each style's own")
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: the real CAPTCHAs come from ../shared beside the checkout")
@@ -51,17 +52,20 @@ def main():
         if not args.skip_compile:
             print(run(["compile", "--style", scheme, "--minutes", str(args.minutes), "--out", str(model), "--quiet"]).strip(), flush=True)
         files = sorted(str(f) for f in (SHARED / scheme).glob("*.png"))
-        result = json.loads(run(["break", str(model), *files, "--particles", str(args.particles), "--json",
+        wider = ["--bandwidth", str(args.bandwidth)] if args.bandwidth else []
+        result = json.loads(run(["break", str(model), *files, *wider, "--particles", str(args.particles), "--json",
                                  "--reliability", str(out / f"{scheme}.reliability.png"),
                                  "--gallery", str(out / f"{scheme}.gallery.png")]))
         result["scheme"] = scheme
         rows.append(result)
-    print(f"{'scheme':22s} {'n':>4s} {'greedy':>7s} {'posterior':>9s} {'chars':>6s} {'p>0.9':>6s} {'right|p>0.9':>11s} {'ms/greedy':>9s} {'ms/post':>8s}")
+    print(f"{'scheme':22s} {'n':>4s} {'greedy':>7s} {'posterior':>9s} {'chars':>6s} {'p>0.9':>6s} {'right|p>0.9':>11s} "
+          f"{'Brier':>6s} {'ECE':>6s} {'ms/greedy':>9s} {'ms/post':>8s}")
     for r in rows:
         conf = r.get("accuracy_when_confident")
         print(f"{r['scheme']:22s} {r['n']:4d} {100 * r['recognition_rate_greedy']:6.1f}% "
               f"{100 * r.get('recognition_rate_posterior', float('nan')):8.1f}% {100 * r['char_accuracy']:5.1f}% "
               f"{100 * (r['confident_share'] or 0):5.0f}% {('%10.1f%%' % (100 * conf)) if conf is not None else '         -'} "
+              f"{r.get('brier', float('nan')):6.3f} {r.get('calibration_error', float('nan')):6.3f} "
               f"{r['ms_per_captcha']['greedy']:9.1f} {r['ms_per_captcha']['posterior'] or 0:8.0f}")
     print("reference: Le et al. 2017 read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs; goal >= 90% on both")
 
