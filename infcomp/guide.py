@@ -207,6 +207,17 @@ def _corrupt(path, why):
     return ValueError(f"{path} is not a usable infcomp guide file (corrupt or foreign): {why}")
 
 
+def _layout_mismatch(net, state: dict) -> str:
+    """A short account of how a saved state dict's tensors differ from ``net``'s, or ''."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = [f"{len(v)} {what}, e.g. {v[0]!r}" for what, v in
+             (("tensors missing", missing), ("unexpected tensors", extra), ("tensors of another shape", shapes)) if v]
+    return "; ".join(parts)
+
+
 def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, device="cpu") -> Guide:
     """Load a saved guide; with ``model=``, check that the model's addresses and observation shapes match."""
     try:
@@ -227,6 +238,12 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
         net = InferenceNetwork(obs_specs, cfg, embedding)
         for d in data["sites"]:
             net.add_site(SiteSpec.from_dict(d))
+        mismatch = _layout_mismatch(net, data["state_dict"])
+        if mismatch:
+            raise ValueError(
+                f"{path} holds a network of another layout than this infcomp builds ({mismatch}): "
+                "it was saved by another version; compile it again"
+            )
         net.load_state_dict(data["state_dict"])
     except ValueError:
         raise

@@ -272,6 +272,14 @@ def test_corrupt_and_foreign_files(tmp_path, guide):
     truncated.write_bytes(good.read_bytes()[:2000])
     with pytest.raises(ValueError, match="not a usable infcomp guide file"):
         infcomp.load(truncated)
+    # a file from a version whose network had other tensors: named as such, briefly
+    data = torch.load(good, weights_only=True)
+    data["state_dict"] = {k: v for k, v in data["state_dict"].items() if not k.startswith("lstm.")}
+    data["state_dict"]["old_layer.weight"] = torch.zeros(2)
+    old = tmp_path / "old.pt"
+    torch.save(data, old)
+    with pytest.raises(ValueError, match=r"another layout .*tensors missing, e\.g\. 'lstm\..*1 unexpected tensors.*compile it again"):
+        infcomp.load(old)
 
 
 def test_loading_into_a_mismatched_model(guide, tmp_path):
