@@ -30,7 +30,6 @@ class ProposalFamily:
         """Network outputs per element of the value."""
         raise NotImplementedError
 
-
     def feature_size(self, spec) -> int:
         """Width of the value's features, flattened over ``S``."""
         return max(1, math.prod(spec.value_shape))

@@ -12,7 +12,6 @@ class BernoulliProposal(ProposalFamily):
     def num_params(self, spec):
         return 1
 
-
     def context(self, prior):
         return prior.logits.float().unsqueeze(-1)
 

@@ -40,7 +40,6 @@ class BetaIntervalProposal(ProposalFamily):
     def num_params(self, spec):
         return 3 * self.K
 
-
     def context(self, prior):
         return broadcast_context(prior, prior.support.lower_bound, prior.support.upper_bound)
 

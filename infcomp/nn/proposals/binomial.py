@@ -12,7 +12,6 @@ class BinomialProposal(ProposalFamily):
     def num_params(self, spec):
         return 1
 
-
     def context(self, prior):
         return broadcast_context(prior, prior.total_count, prior.logits)
 

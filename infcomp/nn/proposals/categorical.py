@@ -13,7 +13,6 @@ class CategoricalProposal(ProposalFamily):
     def num_params(self, spec):
         return spec.num_categories
 
-
     def context(self, prior):
         return prior.logits.float()
 

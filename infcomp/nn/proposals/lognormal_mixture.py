@@ -23,7 +23,6 @@ class LogNormalMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 3 * self.K
 
-
     def context(self, prior):
         lb = torch.as_tensor(lower_bound(prior.support), dtype=torch.get_default_dtype())
         mean = finite_or(prior.mean - lb, float("nan"))

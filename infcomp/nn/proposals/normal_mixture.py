@@ -69,7 +69,6 @@ class NormalMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 3 * self.K
 
-
     def context(self, prior):
         if type(prior) is dist.Normal:
             return torch.stack([prior.loc, prior.scale], -1)

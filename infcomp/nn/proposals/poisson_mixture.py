@@ -17,7 +17,6 @@ class PoissonMixtureProposal(ProposalFamily):
     def num_params(self, spec):
         return 2 * self.K
 
-
     def context(self, prior):
         return broadcast_context(prior, finite_or(prior.mean, 1.0).clamp(min=0.1))
 

@@ -12,7 +12,6 @@ class PriorProposal(ProposalFamily):
     def num_params(self, spec):
         return 0
 
-
     def context(self, prior):
         return torch.zeros(prior.batch_shape + (0,))
 
