@@ -142,8 +142,14 @@ def _summary(rows, greedy_ms, posterior_ms):
             sum(r["posterior"] == r["label"] for r in confident) / len(confident) if confident else None
         )
         if post:
-            out.update(_calibration([r["probability"] for r in post], [r["posterior"] == r["label"] for r in post]))
+            out.update(_calibration(*_scored(rows)))
     return out
+
+
+def _scored(rows):
+    """``(probabilities, right or not)`` of the labelled rows that got a posterior read."""
+    post = [r for r in rows if "probability" in r and r.get("label") is not None]
+    return [r["probability"] for r in post], [r["posterior"] == r["label"] for r in post]
 
 
 def _calibration(probs, correct, bins=10):
@@ -237,9 +243,9 @@ def cmd_break(args):
     summary = _summary(rows, greedy_ms, post_ms)
     summary.update(style=style.name, bandwidth=style.bandwidth, image_rule=breaker.IMAGE_RULE, errors=errors,
                    readings=rows)
-    if args.reliability and rows and rows[0].get("label") is not None and "probability" in rows[0]:
-        _reliability_plot([r["probability"] for r in rows], [r["reading"] == r["label"] for r in rows],
-                          args.reliability, f"{style.name}: {len(rows)} images")
+    probs, correct = _scored(rows)
+    if args.reliability and probs:
+        _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} images")
     if args.gallery and rows:
         _gallery(rows, images, args.gallery)
     if args.json:
@@ -264,10 +270,9 @@ def cmd_evaluate(args):
                                          args.posterior_n, args.seed, not args.json)
     summary = _summary(rows, greedy_ms, post_ms)
     summary.update(style=style.name, bandwidth=style.bandwidth, traces_trained=guide.traces_trained)
-    if args.reliability and "probability" in rows[0]:
-        post = [r for r in rows if "probability" in r]
-        _reliability_plot([r["probability"] for r in post], [r["posterior"] == r["label"] for r in post],
-                          args.reliability, f"{style.name}: {len(post)} fresh draws")
+    probs, correct = _scored(rows)
+    if args.reliability and probs:
+        _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} fresh draws")
     if args.gallery:
         _gallery(rows, images, args.gallery)
         summary["gallery"] = args.gallery

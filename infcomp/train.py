@@ -184,6 +184,10 @@ def compile(
             smoothing=0.1,
         )
         last_save = start
+
+        def snapshot(interrupted=False) -> Guide:
+            return _finish(guide, trainer, done, time.perf_counter() - start, val, waited, interrupted)
+
         try:
             while done < target and time.perf_counter() < deadline:
                 t0 = time.perf_counter()
@@ -203,17 +207,17 @@ def compile(
                     guide.history.append((guide.traces_trained, loss, val))
                     bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", refresh=False)
                 if checkpoint is not None and now - last_save >= 60 * checkpoint_every:
-                    _finish(guide, trainer, done, time.perf_counter() - start, val, waited).save(checkpoint)
+                    snapshot().save(checkpoint)
                     last_save = time.perf_counter()
         except KeyboardInterrupt:
-            _finish(guide, trainer, done, time.perf_counter() - start, val, waited, interrupted=True)
+            snapshot(interrupted=True)
             if checkpoint is not None:
                 guide.save(checkpoint)
             raise
         finally:
             bar.close()
             del stream
-    _finish(guide, trainer, done, time.perf_counter() - start, val, waited)
+        snapshot()
     if checkpoint is not None:
         guide.save(checkpoint)
     return guide
