@@ -8,7 +8,8 @@ from . import abc
 from .guide import Guide, load
 from .infer import greedy, infer
 from .posterior import Marginal, Posterior
+from .temper import temper
 from .train import compile
 
-__all__ = ["compile", "infer", "greedy", "load", "Guide", "Posterior", "Marginal", "abc"]
+__all__ = ["compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc"]
 __version__ = "0.1.0"

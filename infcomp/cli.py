@@ -163,7 +163,7 @@ def _calibration(probs, correct, bins=10):
     return {"brier": float(np.mean((p - c) ** 2)), "calibration_error": float(ece / len(p))}
 
 
-def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress):
+def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress, temperature=1.0):
     from tqdm.auto import tqdm
 
     _, breaker = _captcha()
@@ -175,7 +175,7 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seed,
         t_greedy += dt
         row = {"file": name, "greedy": text, "reading": text, "label": label}
         if particles > 0 and i < posterior_n:
-            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seed + i)
+            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seed + i, temperature)
             t_post += dt
             n_post += 1
             row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
@@ -239,9 +239,9 @@ def cmd_break(args):
     if not all(l is not None for l in labels):
         labels = [None] * len(labels)  # file names are not labels
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
-                                         args.seed, not args.json)
+                                         args.seed, not args.json, args.temperature)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, image_rule=breaker.IMAGE_RULE, errors=errors,
+    summary.update(style=style.name, bandwidth=style.bandwidth, temperature=args.temperature, image_rule=breaker.IMAGE_RULE, errors=errors,
                    readings=rows)
     probs, correct = _scored(rows)
     if args.reliability and probs:
@@ -267,9 +267,9 @@ def cmd_evaluate(args):
         labels.append(text)
     names = [f"draw {i}" for i in range(args.n)]
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles,
-                                         args.posterior_n, args.seed, not args.json)
+                                         args.posterior_n, args.seed, not args.json, args.temperature)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, traces_trained=guide.traces_trained)
+    summary.update(style=style.name, bandwidth=style.bandwidth, temperature=args.temperature, traces_trained=guide.traces_trained)
     probs, correct = _scored(rows)
     if args.reliability and probs:
         _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} fresh draws")
@@ -333,6 +333,10 @@ def build_parser():
         s.add_argument("--bandwidth", type=float, default=None,
                        help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
                             "tolerates what the model cannot draw and spreads the posterior over more particles)")
+        s.add_argument("--temperature", type=float, default=1.0,
+                       help="flatten the guide's letter and font proposals q to q^(1/T) for the posterior read, "
+                            "so a guide overconfident on unfamiliar images still tries its second choices "
+                            "(weights stay exact)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
         s.set_defaults(fn=fn)

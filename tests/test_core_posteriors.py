@@ -151,6 +151,35 @@ def test_categorical_uniform_bernoulli_together():
         assert 0.5 * float((est - exact).abs().sum()) < 0.05, (y, est, exact)
         u = post.marginal("u").values
         assert float(u.min()) > 0 and float(u.max()) < 1
+        # flattened discrete proposals: different particles, the same exact posterior
+        with infcomp.temper(3.0):
+            hot = infcomp.infer(mixed, guide, torch.tensor(y), num_samples=4_000, seed=0)
+        c, b = hot.marginal("c").values.long(), hot.marginal("b").values.long()
+        est = torch.zeros(3, 2, dtype=torch.float64).index_put_((c, b), hot.weights, accumulate=True)
+        assert 0.5 * float((est - exact).abs().sum()) < 0.05, (y, est, exact)
+        assert not torch.equal(hot.marginal("c").values, post.marginal("c").values)
+        assert torch.equal(hot.marginal("u").values > 0, torch.ones(4_000, dtype=torch.bool))
+
+
+def test_temper_flattens_discrete_proposals_exactly():
+    guide = infcomp.compile(mixed, observe="y", num_traces=3_000, seed=7, workers=0, progress=False)
+    y = torch.tensor(2.4)
+    cold = pyro.poutine.trace(guide.condition(y)).get_trace().nodes["c"]["fn"]
+    with infcomp.temper(2.0):
+        hot = pyro.poutine.trace(guide.condition(y)).get_trace().nodes["c"]["fn"]
+    expected = cold.probs.sqrt() / cold.probs.sqrt().sum()
+    assert torch.allclose(hot.probs, expected, atol=1e-6)
+    with infcomp.temper(2.0, sites=["b"]):  # c, the first site, is not named: its proposal is untouched
+        assert torch.equal(pyro.poutine.trace(guide.condition(y)).get_trace().nodes["c"]["fn"].probs, cold.probs)
+    with pytest.raises(ValueError, match="site 'u' proposes from"):
+        with infcomp.temper(2.0, sites=["u"]):
+            infcomp.infer(mixed, guide, y, num_samples=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        infcomp.temper(0.5)
+    # the mode does not move: greedy reads are the same
+    mode = infcomp.greedy(mixed, guide, y)
+    with infcomp.temper(5.0):
+        assert infcomp.greedy(mixed, guide, y) == mode
 
 
 def test_vector_valued_sites_and_plates():

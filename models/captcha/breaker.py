@@ -97,8 +97,11 @@ class Reading:
     ess: float = 0.0
 
 
-def read_posterior(style, guide, image, particles=100, seed=None) -> Reading:
-    post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed)
+def read_posterior(style, guide, image, particles=100, seed=None, temperature=1.0) -> Reading:
+    """Importance sampling with the guide; ``temperature > 1`` flattens its discrete
+    proposals (letters, font) first (see :mod:`infcomp.temper`)."""
+    with infcomp.temper(temperature):
+        post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed)
     ranked = list(post.probabilities(style.reading).items())
     return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess)
 
