@@ -204,23 +204,6 @@ def test_max_glyph_width_condenses_only_wide_glyphs():
             assert np.array_equal(free, fitted)
 
 
-def test_squeeze_narrows_only_its_own_letter():
-    base = dict(height=32, width=120, font="DejaVuSans", font_size=24, pitch=30.0, pitch_align=0.5,
-                x_origin=5.0, baseline=26.0)
-
-    def widths(image):
-        cols = np.where((image < 0.5).any(axis=0))[0]
-        return [r[-1] - r[0] + 1 for r in np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)]
-
-    free = widths(render(CaptchaSpec("mm", **base), 0))
-    squeezed = widths(render(CaptchaSpec("mm", squeeze=(1.0, 0.6), **base), 0))
-    assert len(free) == len(squeezed) == 2
-    assert squeezed[0] == free[0]
-    assert abs(squeezed[1] - 0.6 * free[1]) <= 2
-    with pytest.raises(ValueError, match="squeeze"):
-        render(CaptchaSpec("mmm", squeeze=(1.0, 0.6), **base), 0)
-
-
 def test_hair_ink_darkens_the_hairs():
     base = dict(height=40, width=120, font="DejaVuSans-Bold", font_size=24, x_origin=10.0, baseline=30.0, fuzz=3.0)
     grey = render(CaptchaSpec("OX", hair_ink=0.5, **base), 3)

@@ -22,11 +22,6 @@ Computer Modern Sans alone, set by its own advances, read 5% of the real images
 one read 75% (94% of characters); its errors were mostly "n" and "m" confused: the real
 "m" is squeezed to about the width of an "n", as if each glyph were condensed to fit its
 cell, so glyphs wider than a (latent) width of 18 to 28 px are condensed to it.
-That read 83% (95% of characters), and 13 of its 26 character errors were now the
-real "m" read as "n": a real "m" is narrow but keeps three thin stems, where the
-model's narrow "m"s were fat ones clamped to the cell, so width alone decided.  Each
-letter now has its own squeeze (0.6 to 1.0, on top of the common condensing), so an
-"m" as narrow as an "n" is as likely as a wide one and only its stems tell them apart.
 """
 
 from .style import CaptchaStyle, Latent
@@ -57,10 +52,8 @@ STYLE = CaptchaStyle(
         Latent("curve_end_width", 1.2, 3.0),
         Latent("background", 0.82, 0.92),
         Latent("gradient", 0.1, 0.35),
-        # added last (each in its turn), so that every earlier site kept its place in
-        # the trace and a trained breaker could resume with new heads for them
+        # last, so that adding it left every other site's place in the trace unchanged
         Latent("max_glyph_width", 18.0, 28.0),
-        Latent("squeeze", 0.6, 1.0, per_letter=True),
     ),
     fixed=dict(
         pitch_align=0.5,

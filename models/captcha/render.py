@@ -75,7 +75,6 @@ class CaptchaSpec:
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
     max_glyph_width: Union[float, None] = None  #: glyphs wider than this (pixels) are condensed to fit it
-    squeeze: FloatOrSeq = 1.0  #: per-letter horizontal scale on top of ``x_scale`` (its advance scales too)
     x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
     baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
     fuzz: FloatOrSeq = 0.0  #: per-letter hairy-edge radius in pixels (a random "spread"); <= 0: crisp
@@ -255,11 +254,11 @@ def _layout(spec: CaptchaSpec):
     dxs = _per_letter(spec.dx, n, "dx")
     dys = _per_letter(spec.dy, n, "dy")
     fuzzes = _per_letter(spec.fuzz, n, "fuzz")
-    squeezes = _per_letter(spec.squeeze, n, "squeeze")
     size = max(int(round(float(spec.font_size))), 1)
     stroke = int(spec.stroke)
     hollow = bool(spec.hollow)
     kerning = float(spec.kerning)
+    x_scale = max(round(float(spec.x_scale) * 50.0) / 50.0, 0.02)
     pitch = None if spec.pitch is None else float(spec.pitch)
     max_width = None if spec.max_glyph_width is None else max(float(spec.max_glyph_width), 1.0)
     placed = []
@@ -268,7 +267,6 @@ def _layout(spec: CaptchaSpec):
     x_max = y_max = -math.inf
     for i, ch in enumerate(spec.text):
         angle = round(float(rotations[i]) * 2.0) / 2.0
-        x_scale = max(round(float(spec.x_scale) * float(squeezes[i]) * 50.0) / 50.0, 0.02)
         mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
         if max_width is not None and mask is not None and mask.size[0] > max_width:
             fit = max(math.floor(x_scale * max_width / mask.size[0] * 50.0) / 50.0, 0.02)
