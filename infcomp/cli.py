@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def save_loss_curve(guide, path):
     return path
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_compile(args):
     captcha, breaker = _captcha()
     style = captcha.get_style(args.style)
@@ -78,6 +83,8 @@ def cmd_compile(args):
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a scheduler's or `kill`'s SIGTERM ends the run like Ctrl-C: saved, resumable
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         guide = breaker.compile_breaker(
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
@@ -86,6 +93,8 @@ def cmd_compile(args):
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     print(

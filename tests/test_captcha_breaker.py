@@ -131,3 +131,29 @@ def test_char_accuracy():
     assert char_accuracy("ABCD", "ABCD") == 1.0
     assert char_accuracy("ABXD", "ABCD") == 0.75
     assert char_accuracy("ABC", "ABCD") == 0.75
+
+
+def test_compile_saves_and_stops_on_sigterm(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import infcomp
+
+    path = tmp_path / "term.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infcomp.cli", "compile", "--style", "baidu2011", "--traces", "100000000",
+         "--out", str(path), "--workers", "0", "--batch-size", "16", "--checkpoint-every", "60"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )
+    seen, deadline = b"", time.time() + 120
+    while not re.search(rb"\| [1-9]\d*/", seen) and time.time() < deadline:  # some batches trained
+        seen += proc.stderr.read1(4096) or b""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (seen + err)[-2000:]
+    assert b"interrupted" in err
+    saved = infcomp.load(path)
+    assert saved.traces_trained > 0 and saved.last_run["interrupted"]
