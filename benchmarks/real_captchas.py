@@ -41,6 +41,7 @@ def main():
     p.add_argument("--out", default="out/real")
     p.add_argument("--skip-compile", action="store_true", help="only read, with the breakers already in --out")
     p.add_argument("--bandwidth", type=float, help="read with this ABC bandwidth instead of each style's own")
+    p.add_argument("--temperature", type=float, default=1.0, help="flatten the guide's letter proposals (infcomp.temper)")
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: the real CAPTCHAs come from ../shared beside the checkout")
@@ -52,7 +53,7 @@ def main():
         if not args.skip_compile:
             print(run(["compile", "--style", scheme, "--minutes", str(args.minutes), "--out", str(model), "--quiet"]).strip(), flush=True)
         files = sorted(str(f) for f in (SHARED / scheme).glob("*.png"))
-        wider = ["--bandwidth", str(args.bandwidth)] if args.bandwidth else []
+        wider = (["--bandwidth", str(args.bandwidth)] if args.bandwidth else []) + ["--temperature", str(args.temperature)]
         result = json.loads(run(["break", str(model), *files, *wider, "--particles", str(args.particles), "--json",
                                  "--reliability", str(out / f"{scheme}.reliability.png"),
                                  "--gallery", str(out / f"{scheme}.gallery.png")]))
