@@ -66,6 +66,13 @@ def save_loss_curve(guide, path):
     return path
 
 
+def _temperature(text):
+    t = float(text)
+    if not t >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (1 leaves the proposals as they are), got {text}")
+    return t
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -342,7 +349,7 @@ def build_parser():
         s.add_argument("--bandwidth", type=float, default=None,
                        help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
                             "tolerates what the model cannot draw and spreads the posterior over more particles)")
-        s.add_argument("--temperature", type=float, default=1.0,
+        s.add_argument("--temperature", type=_temperature, default=1.0,
                        help="flatten the guide's letter and font proposals q to q^(1/T) for the posterior read, "
                             "so a guide overconfident on unfamiliar images still tries its second choices "
                             "(weights stay exact)")

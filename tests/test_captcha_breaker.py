@@ -84,12 +84,15 @@ def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):
     assert ess[0] < 2 < 8 < ess[1]
     rel = tmp_path / "rel.png"
     assert main(["evaluate", str(breaker), "-n", "3", "--posterior-n", "3", "--particles", "4", "--bandwidth", "0.4",
-                 "--json", "--gallery", "", "--reliability", str(rel)]) == 0
+                 "--temperature", "2", "--json", "--gallery", "", "--reliability", str(rel)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["bandwidth"] == 0.4 and rel.exists()
+    assert result["bandwidth"] == 0.4 and result["temperature"] == 2.0 and rel.exists()
     assert 0.0 <= result["brier"] <= 1.0 and 0.0 <= result["calibration_error"] <= 1.0
     assert main(["evaluate", str(breaker), "-n", "1", "--bandwidth", "0"]) == 2
     assert "bandwidth must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main(["evaluate", str(breaker), "-n", "1", "--temperature", "0.5"])
+    assert bad.value.code == 2 and "--temperature: must be at least 1" in capsys.readouterr().err
 
 
 def test_calibration_scores():
