@@ -126,7 +126,7 @@ class Guide:
         self._checked_model = model
 
     def bind_model(self, model, model_args=None, model_kwargs=None):
-        if model is not self._checked_model:
+        if model != self._checked_model:  # ==, not is: a style's bound method is a new object on each access
             self.check_model(
                 model,
                 self.model_args if model_args is None else model_args,

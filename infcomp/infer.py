@@ -31,7 +31,12 @@ def _log_prob(fn, msg):
 
 
 class LogWeight(Messenger):
-    """Accumulates one run's log importance weight and records its latent values."""
+    """Accumulates one run's log importance weight and records its latent values
+    (only the values with ``weigh=False``: a greedy read needs no weight)."""
+
+    def __init__(self, weigh=True):
+        super().__init__()
+        self.weigh = weigh
 
     def __enter__(self):
         self.log_weight = 0.0
@@ -42,11 +47,12 @@ class LogWeight(Messenger):
     def _pyro_post_sample(self, msg):
         if msg["is_observed"]:
             self.observed.add(msg["name"])
-            self.log_weight = self.log_weight + _log_prob(msg["fn"], msg)
+            if self.weigh:
+                self.log_weight = self.log_weight + _log_prob(msg["fn"], msg)
         elif is_latent(msg):
             self.values[msg["name"]] = msg["value"]
             prior = msg["infer"].get("prior")
-            if prior is not None:  # proposed by the guide: w *= p(x) / q(x)
+            if prior is not None and self.weigh:  # proposed by the guide: w *= p(x) / q(x)
                 self.log_weight = self.log_weight + _log_prob(prior, msg) - _log_prob(msg["fn"], msg)
 
 
@@ -124,6 +130,6 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None) -> di
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
     obs = guide.check_observation(observation)
-    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), LogWeight() as lw:
+    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), LogWeight(weigh=False) as lw:
         poutine.condition(model, data=obs)(*model_args, **model_kwargs)
     return lw.values
