@@ -22,6 +22,8 @@ __all__ = ["Guide", "load", "FORMAT", "VERSION"]
 
 FORMAT = "infcomp-guide"
 VERSION = 1
+#: What a network setting meant in files saved before the setting existed (they lack its key).
+LEGACY_CONFIG = {"conv_norm": False}
 
 
 class Guide:
@@ -231,7 +233,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     if data.get("version") != VERSION:
         raise _corrupt(path, f"format version {data.get('version')!r}, this infcomp reads version {VERSION}")
     try:
-        cfg = NetworkConfig(**data["config"])
+        cfg = NetworkConfig(**{**LEGACY_CONFIG, **data["config"]})
         obs_specs = {d["name"]: ObservationSpec.from_dict(d) for d in data["obs_specs"]}
         if data["custom_embedding"] and embedding is None:
             raise ValueError(f"{path} was compiled with a custom observation embedding: pass it again as embedding=")

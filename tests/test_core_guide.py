@@ -112,6 +112,28 @@ def test_save_load_round_trip(guide, tmp_path):
     assert loaded.traces_trained == guide.traces_trained and loaded.addresses == guide.addresses
 
 
+def test_image_guides_normalise_convolutions_and_older_files_still_load(tmp_path):
+    guide = infcomp.compile(image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False)
+    assert guide.network.cfg.conv_norm
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in guide.network.embed.modules())
+    # a file saved before the setting existed: no key in its config, no norm tensors in its network
+    plain = infcomp.compile(
+        image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False, config={"conv_norm": False}
+    )
+    path = tmp_path / "plain.pt"
+    plain.save(path)
+    data = torch.load(path, weights_only=True)
+    del data["config"]["conv_norm"]
+    torch.save(data, path)
+    loaded = infcomp.load(path)
+    assert not loaded.network.cfg.conv_norm
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in loaded.network.embed.modules())
+    image = PriorSampler(image_model, "image").sample().observation["image"]
+    a = infcomp.infer(image_model, plain, image, num_samples=50, seed=1)
+    b = infcomp.infer(image_model, loaded, image, num_samples=50, seed=1)
+    assert torch.equal(a.log_weights, b.log_weights)
+
+
 def test_training_resumes_with_optimizer_state(guide, tmp_path):
     path = tmp_path / "gauss.pt"
     guide.save(path)

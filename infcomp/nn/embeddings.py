@@ -27,18 +27,27 @@ class MLPEmbedding(nn.Module):
 
 
 class CNNEmbedding(nn.Module):
-    """Strided convolutions (cheap on a CPU), pooled to a fixed grid that keeps the left-to-right layout."""
+    """Strided convolutions (cheap on a CPU), pooled to a fixed grid that keeps the left-to-right layout.
 
-    def __init__(self, shape, dim, channels=(16, 32, 64), grid=(4, 16)):
+    With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
+    batch of one reads exactly as in training.  On baidu2011 it cut the validation loss after
+    five minutes of compiling from 31.8 to 27.3 nats at the same traces/s (``benchmarks/README.md``).
+    """
+
+    GROUPS = 8
+
+    def __init__(self, shape, dim, channels=(16, 32, 64), grid=(4, 16), norm=True):
         super().__init__()
         in_ch = 1 if len(shape) == 2 else shape[0]
         self.add_channel = len(shape) == 2
         c1, c2, c3 = channels
+
+        def block(c_in, c_out, kernel, stride):
+            conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
+            return [conv, nn.GroupNorm(self.GROUPS, c_out), nn.ReLU()] if norm else [conv, nn.ReLU()]
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_ch, c1, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c3, c3, 3, stride=1, padding=1), nn.ReLU(),
+            *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, 2), *block(c3, c3, 3, 1),
             nn.AdaptiveAvgPool2d(grid),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
@@ -55,11 +64,11 @@ class CNNEmbedding(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_embedding(shape, dim):
+def default_embedding(shape, dim, conv_norm=True):
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim)
+        return CNNEmbedding(shape, dim, norm=conv_norm)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -69,7 +78,7 @@ def default_embedding(shape, dim):
 class ObservationEmbedding(nn.Module):
     """``{site: [B, *shape]}`` -> ``[B, dim]``."""
 
-    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None):
+    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom
@@ -87,7 +96,7 @@ class ObservationEmbedding(nn.Module):
             self.memory_dim = self.memory_len = 0
         else:
             self.dim = dim
-            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim) for n in self.names)
+            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim, conv_norm) for n in self.names)
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None
         cnns = [e for e in getattr(self, "embeds", []) if isinstance(e, CNNEmbedding)]
         self.memory_dim = cnns[0].memory_dim if cnns else 0
