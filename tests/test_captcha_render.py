@@ -1,5 +1,7 @@
 """The CAPTCHA renderer (infcomp_models.captcha.render / fonts / gallery)."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -133,7 +135,20 @@ def test_unknown_font_is_a_clear_error():
 def test_missing_font_file_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(fonts.FONTS, "Ghost", "Ghost-does-not-exist.ttf")
     with pytest.raises(FileNotFoundError, match="Ghost"):
-        fonts.font_path("Ghost")
+        fonts.font_source("Ghost")
+
+
+def test_font_from_a_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(fonts.FONTS, "GhostBold", fonts.PACKAGE_PREFIX + "ghostbo")
+    with pytest.raises(FileNotFoundError, match="'GhostBold'.*no font 'ghostbo'"):
+        fonts.font_source("GhostBold")
+    monkeypatch.setitem(sys.modules, "pymupdf_fonts", None)  # as if it were not installed
+    fonts._package_font.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="'FiraGO-Bold' ships with the package pymupdf-fonts"):
+            fonts.font_source("FiraGO-Bold")
+    finally:
+        fonts._package_font.cache_clear()
 
 
 def test_gallery_writes_png(tmp_path):

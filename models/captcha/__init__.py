@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import baidu2011, baidu2013, ebay, facebook, recaptcha, wikipedia, yahoo
 from . import captcha_images_v2, really_simple_captcha
-from .fonts import FONTS, font_names, font_path, load_font
+from .fonts import FONTS, font_names, font_source, load_font
 from .gallery import save_gallery
 from .render import CaptchaSpec, elastic_field, remap, render, seed_from_uniform
 from .style import CaptchaStyle, Latent, latent_values
@@ -28,7 +28,7 @@ __all__ = [
     "latent_values",
     "FONTS",
     "font_names",
-    "font_path",
+    "font_source",
     "load_font",
     "save_gallery",
 ]

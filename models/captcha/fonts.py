@@ -1,21 +1,27 @@
-"""The fonts CAPTCHA styles draw with: the TrueType files matplotlib ships.
+"""The fonts CAPTCHA styles draw with: TrueType faces that installed Python packages ship.
 
-Nothing is downloaded; every font here lives in ``matplotlib.get_data_path()/fonts/ttf``.
-:data:`FONTS` is a stable, ordered ``name -> file name`` table (styles refer to fonts
-by name, and a style's ``font`` latent indexes its own tuple of names, so neither
-order nor names may change once models are trained).
+Nothing is downloaded at run time.  Two packages carry them: matplotlib (its
+``fonts/ttf`` folder: DejaVu, STIX and Computer Modern) and pymupdf-fonts (OFL faces stored
+compressed inside Python modules: FiraGO, Noto Sans, Ubuntu and three monospaced faces).
+:data:`FONTS` is a stable, ordered ``name -> source`` table (styles refer to fonts by name, and
+a style's ``font`` latent indexes its own tuple of names, so neither order nor names may change
+once models are trained).  A source is a file name in matplotlib's folder, or
+``pymupdf_fonts:KEY`` for the font that package's ``fontbuffers[KEY]`` loads.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 
 from PIL import ImageFont
 
-__all__ = ["FONTS", "font_dir", "font_names", "font_path", "load_font"]
+__all__ = ["FONTS", "font_dir", "font_names", "font_source", "load_font"]
 
-#: name -> file name inside matplotlib's ``fonts/ttf`` directory.  Order is stable.
+PACKAGE_PREFIX = "pymupdf_fonts:"
+
+#: name -> source (see the module docstring).  Order is stable: add new fonts at the end.
 FONTS: dict[str, str] = {
     "DejaVuSans": "DejaVuSans.ttf",
     "DejaVuSans-Bold": "DejaVuSans-Bold.ttf",
@@ -36,6 +42,12 @@ FONTS: dict[str, str] = {
     "cmtt10": "cmtt10.ttf",
     "cmb10": "cmb10.ttf",
     "cmti10": "cmti10.ttf",
+    "FiraGO-Bold": PACKAGE_PREFIX + "figbo",
+    "NotoSans-Bold": PACKAGE_PREFIX + "notosbo",
+    "Ubuntu-Bold": PACKAGE_PREFIX + "ubuntubo",
+    "Ubuntu": PACKAGE_PREFIX + "ubuntu",
+    "FiraMono-Bold": PACKAGE_PREFIX + "fimbo",
+    "SpaceMono-Bold": PACKAGE_PREFIX + "spacembo",
 }
 
 
@@ -52,14 +64,17 @@ def font_names() -> tuple[str, ...]:
     return tuple(FONTS)
 
 
-def font_path(name: str) -> str:
-    """Absolute path of font ``name``; ``ValueError`` for an unknown name,
-    ``FileNotFoundError`` if this matplotlib lacks the file."""
+def font_source(name: str) -> str | bytes:
+    """What Pillow opens for font ``name``: the absolute path of a matplotlib font, or the bytes of
+    a pymupdf-fonts font.  ``ValueError`` for an unknown name, ``FileNotFoundError`` if the package
+    that ships it is missing or incomplete."""
     try:
-        filename = FONTS[name]
+        source = FONTS[name]
     except KeyError:
         raise ValueError(f"unknown font {name!r}; known fonts: {', '.join(FONTS)}") from None
-    path = os.path.join(font_dir(), filename)
+    if source.startswith(PACKAGE_PREFIX):
+        return _package_font(name, source[len(PACKAGE_PREFIX):])
+    path = os.path.join(font_dir(), source)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"font {name!r} should be at {path}, but the file is missing "
@@ -68,10 +83,26 @@ def font_path(name: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def _package_font(name: str, key: str) -> bytes:
+    try:
+        import pymupdf_fonts
+    except ImportError:
+        raise FileNotFoundError(
+            f"font {name!r} ships with the package pymupdf-fonts, which is not installed "
+            "(pip install pymupdf-fonts; it is one of infcomp's dependencies)"
+        ) from None
+    try:
+        return bytes(pymupdf_fonts.fontbuffers[key]())
+    except KeyError:
+        raise FileNotFoundError(f"font {name!r}: this pymupdf-fonts has no font {key!r}") from None
+
+
 @functools.lru_cache(maxsize=1024)
 def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
     """``ImageFont.truetype`` for font ``name`` at integer pixel ``size``, cached by (name, size)."""
     size = int(size)
     if size < 1:
         raise ValueError(f"font size must be a positive integer, got {size}")
-    return ImageFont.truetype(font_path(name), size)
+    source = font_source(name)
+    return ImageFont.truetype(io.BytesIO(source) if isinstance(source, bytes) else source, size)

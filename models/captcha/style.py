@@ -29,7 +29,7 @@ import torch
 
 from infcomp.abc import PixelKernel, RandomProjectionKernel
 
-from .fonts import font_path
+from .fonts import font_source
 from .render import CaptchaSpec, render, seed_from_uniform
 
 __all__ = ["Latent", "CaptchaStyle", "latent_values"]
@@ -130,7 +130,7 @@ class CaptchaStyle:
         if not self.fonts:
             raise ValueError(f"style {self.name!r}: needs at least one font")
         for f in self.fonts:
-            font_path(f)  # unknown or missing fonts fail here, loudly
+            font_source(f)  # unknown or missing fonts fail here, loudly
         names = [lat.name for lat in self.latents]
         if len(set(names)) != len(names):
             raise ValueError(f"style {self.name!r}: duplicate latent names")
