@@ -39,7 +39,7 @@ class Guide:
         self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. a CAPTCHA style)
         self.last_run = None  # figures of the latest compile run (traces, seconds, ...)
         self._states = {}  # observation -> ObservationState
-        self._address_gates = {}  # address -> its folded share of the LSTM's input gates
+        self._per_address = {}  # address -> network.address_constants(address)
         self._warned = set()
         self._checked_model = model
 
@@ -102,13 +102,13 @@ class Guide:
             return hit
         if len(self._states) > 8:
             self._states.clear()
-        state = self._states[key] = ObservationState(self.network, observation, self._address_gates)
+        state = self._states[key] = ObservationState(self.network, observation, self._per_address)
         return state
 
     def invalidate(self):
         """Forget cached per-observation and per-address work (the network's weights are changing)."""
         self._states.clear()
-        self._address_gates.clear()
+        self._per_address.clear()
 
     # -- the model ----------------------------------------------------------------
     def check_model(self, model, model_args=(), model_kwargs=None):

@@ -16,7 +16,6 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from .nn.proposals import unwrap
-from .nn.proposals.point import point_estimate
 from .traces import check_consistent, is_latent, site_spec
 
 __all__ = ["ProposalMessenger", "ObservationState"]
@@ -29,41 +28,43 @@ class ObservationState:
     first address's proposal (its LSTM input depends on nothing but the observation).
     """
 
-    def __init__(self, network, observation: dict, address_gates: dict):
+    def __init__(self, network, observation: dict, per_address: dict):
         self.network = network
         self.observation = observation
-        self.address_gates = address_gates  # per address, shared by all observations (the guide keeps it)
+        self.per_address = per_address  # address -> its constants, shared by all observations (the guide keeps it)
         with torch.no_grad():
             self.obs_e, self.attend = network.start(observation)
             self.obs_gates = network.observation_gates(self.obs_e)
             self.initial = network.initial_state(self.obs_e)
             self.w_prev = network.prev_weight()
         self._consts = {}
-        self._first = None  # (name, context, params, lstm state)
+        self._first = None  # (name, context, proposal or point, lstm state, greedy)
 
     def constants(self, name):
         c = self._consts.get(name)
         if c is None:
             with torch.no_grad():
-                gates = self.address_gates.get(name)
-                if gates is None:
-                    gates = self.address_gates[name] = self.network.address_gates(name)
-                c = self._consts[name] = self.network.constants(self.obs_e, self.obs_gates, gates, name)
+                a = self.per_address.get(name)
+                if a is None:
+                    a = self.per_address[name] = self.network.address_constants(name)
+                c = self._consts[name] = self.network.constants(self.obs_e, self.obs_gates, a, name)
         return c
 
-    def step(self, hc, prev, name, context, first):
-        """``(proposal or None, new LSTM state)`` at address ``name``."""
+    def step(self, hc, prev, name, context, first, greedy=False):
+        """``(proposal or None, new LSTM state)`` at address ``name``; with ``greedy``, the
+        proposal's point estimate in its place (taken from its parameters, never built)."""
         if first:
             f = self._first
-            if f is not None and f[0] == name and torch.equal(f[1], context):
+            if f is not None and f[0] == name and f[4] == greedy and torch.equal(f[1], context):
                 return f[2], f[3]
         params, hc = self.network.step(hc, prev, name, self.constants(name), self.w_prev, self.attend)
-        proposal = None
+        out = None
         if params is not None:
-            proposal = self.network.families[self.network.specs[name].family].proposal(params, context)
+            family = self.network.families[self.network.specs[name].family]
+            out = family.point(params, context) if greedy else family.proposal(params, context)
         if first:
-            self._first = (name, context, proposal, hc)
-        return proposal, hc
+            self._first = (name, context, out, hc, greedy)
+        return out, hc
 
 
 class ProposalMessenger(Messenger):
@@ -101,14 +102,16 @@ class ProposalMessenger(Messenger):
             if self._last is not None:
                 self.prev = self.network.embed_value(*self._last)
                 self._last = None
-            proposal, self.hc = self.obs_state.step(self.hc, self.prev, name, context, self.first)
+            proposal, self.hc = self.obs_state.step(self.hc, self.prev, name, context, self.first, self.greedy)
         self.first = False
         self._pending[name] = context
-        if proposal is not None:
-            msg["infer"]["prior"] = fn
-            msg["fn"] = proposal.to_event(event_dim) if event_dim else proposal
-            if self.greedy:
-                msg["value"] = point_estimate(proposal)
+        if proposal is None:
+            return
+        if self.greedy:  # the point estimate; fn stays the prior, and nothing here is weighed
+            msg["value"] = proposal
+            return
+        msg["infer"]["prior"] = fn
+        msg["fn"] = proposal.to_event(event_dim) if event_dim else proposal
 
     def _pyro_post_sample(self, msg):
         context = self._pending.pop(msg["name"], None)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import infcomp
+from infcomp.nn.proposals import unwrap
 from infcomp_models.examples import (
     beta_bernoulli,
     beta_bernoulli_exact,
@@ -180,6 +181,35 @@ def test_temper_flattens_discrete_proposals_exactly():
     mode = infcomp.greedy(mixed, guide, y)
     with infcomp.temper(5.0):
         assert infcomp.greedy(mixed, guide, y) == mode
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        dist.Categorical(torch.tensor([0.1, 0.0, 0.6, 0.3])),
+        dist.Bernoulli(0.3),
+        dist.Uniform(-1.0, 3.0),
+        dist.Beta(2.0, 5.0),
+        dist.Normal(0.0, 2.0),
+        dist.LogNormal(0.0, 1.0),
+        dist.Poisson(4.0),
+        dist.Binomial(10, 0.3),
+        dist.Normal(torch.zeros(3), 1.0).to_event(1),
+    ],
+    ids=lambda d: type(d).__name__,
+)
+def test_a_familys_greedy_point_is_its_proposals_point_estimate(prior):
+    from infcomp.nn.proposals import FAMILIES
+    from infcomp.nn.proposals.point import point_estimate
+    from infcomp.traces import site_spec
+
+    spec = site_spec("z", prior)
+    family = FAMILIES[spec.family]
+    torch.manual_seed(0)
+    context = family.context(unwrap(prior)[0])
+    for _ in range(5):
+        params = torch.randn(spec.value_shape + (family.num_params(spec),)) * 2
+        assert torch.allclose(family.point(params, context), point_estimate(family.proposal(params, context)))
 
 
 def test_vector_valued_sites_and_plates():

@@ -205,23 +205,29 @@ class InferenceNetwork(nn.Module):
         """The observation's share of the first LSTM layer's input gates (the same at every address)."""
         return self.lstm.weight_ih_l0[:, : self.embed.dim] @ obs_e + self.lstm.bias_ih_l0
 
-    def address_gates(self, name):
-        """Address ``name``'s share of the input gates (its address and family embeddings)."""
-        spec = self.specs[name]
+    def address_constants(self, name):
+        """What address ``name`` computes the same way for every observation: its share of the
+        input gates (address and family embeddings) and its head's weight on ``[h, attention context]``."""
+        spec, m = self.specs[name], self.site(name)
         fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
         offset = self.embed.dim + self.cfg.value_dim
-        return self.lstm.weight_ih_l0[:, offset:] @ torch.cat([self.site(name).address, fam])
-
-    def constants(self, obs_e, obs_gates, address_gates, name):
-        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
-        m = self.site(name)
-        gate_bias = (obs_gates + address_gates).unsqueeze(0)
-        head_bias = head_w = None
+        gates = self.lstm.weight_ih_l0[:, offset:] @ torch.cat([m.address, fam])
+        head_w = None
         if m.has_head:
             H, E = self.cfg.hidden, self.embed.dim
             w = m.head1.weight
-            head_bias = F.linear(obs_e, w[:, H : H + E], m.head1.bias).unsqueeze(0)
-            head_w = torch.cat([w[:, :H], w[:, H + E :]], 1)  # applies to [h, attention context]
+            head_w = torch.cat([w[:, :H], w[:, H + E :]], 1)
+        return gates, head_w
+
+    def constants(self, obs_e, obs_gates, address_constants, name):
+        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
+        gates, head_w = address_constants
+        gate_bias = (obs_gates + gates).unsqueeze(0)
+        head_bias = None
+        if head_w is not None:
+            H, E = self.cfg.hidden, self.embed.dim
+            m = self.site(name)
+            head_bias = F.linear(obs_e, m.head1.weight[:, H : H + E], m.head1.bias).unsqueeze(0)
         return gate_bias, head_bias, head_w
 
     def prev_weight(self):

@@ -47,6 +47,13 @@ class ProposalFamily:
         """``[..., *S, P]`` params and ``[..., *S, c]`` context -> distribution of batch ``[..., *S]``."""
         raise NotImplementedError
 
+    def point(self, params, context):
+        """The value a greedy read takes: the proposal's point estimate (:mod:`.point`).  Families
+        override it where building the distribution costs more than the answer."""
+        from .point import point_estimate  # point.py imports the families
+
+        return point_estimate(self.proposal(params, context))
+
     def log_prob(self, params, context, value):
         return self.proposal(params, context).log_prob(value)
 

@@ -47,13 +47,26 @@ class BetaIntervalProposal(ProposalFamily):
         lb, ub = context[..., 0], context[..., 1]
         return flat(2 * (value - lb) / (ub - lb) - 1, spec)
 
-    def proposal(self, params, context):
+    def _components(self, params):
+        """Mixture logits and Beta concentrations ``a``, ``b``: each ``[..., K]``."""
         p = params.unflatten(-1, (self.K, 3))
-        lb, ub = context[..., 0], context[..., 1]
         a = 0.2 + F.softplus(p[..., 1] + _SOFTPLUS_INV_ONE)
         b = 0.2 + F.softplus(p[..., 2] + _SOFTPLUS_INV_ONE)
-        base = Mixture(p[..., 0], _InteriorBeta(a, b, validate_args=False))
+        return p[..., 0], a, b
+
+    def proposal(self, params, context):
+        logits, a, b = self._components(params)
+        lb, ub = context[..., 0], context[..., 1]
+        base = Mixture(logits, _InteriorBeta(a, b, validate_args=False))
         return dist.TransformedDistribution(base, [AffineTransform(lb, ub - lb)], validate_args=False)
+
+    def point(self, params, context):
+        """The leading component's mean, on the prior's interval."""
+        logits, a, b = self._components(params)
+        k = logits.argmax(-1, keepdim=True)
+        centre = (a / (a + b)).gather(-1, k).squeeze(-1)
+        lb, ub = context[..., 0], context[..., 1]
+        return lb + (ub - lb) * centre
 
     def init_head(self, layer, spec):
         # spread components: a skewed to the left, one flat, one skewed right

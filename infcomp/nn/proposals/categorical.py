@@ -27,3 +27,6 @@ class CategoricalProposal(ProposalFamily):
         # prior logits of -inf stay -inf: the proposal never leaves the prior's support,
         # and zero-initialised heads start out as the prior
         return dist.Categorical(logits=context + params, validate_args=False)
+
+    def point(self, params, context):
+        return (context + params).argmax(-1)
