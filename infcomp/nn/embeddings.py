@@ -30,8 +30,10 @@ class CNNEmbedding(nn.Module):
     """Strided convolutions (cheap on a CPU), pooled to a fixed grid that keeps the left-to-right layout.
 
     With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
-    batch of one reads exactly as in training.  On baidu2011 it cut the validation loss after
-    five minutes of compiling from 31.8 to 27.3 nats at the same traces/s (``benchmarks/README.md``).
+    batch of one reads exactly as in training.  It speeds up early learning: on baidu2011 the
+    validation loss after five minutes of compiling fell from 31.8 to 27.3 nats at about the
+    same traces/s; after an hour the two are level (16.7 nats at 1.35M traces; see
+    ``benchmarks/README.md``).
     """
 
     GROUPS = 8
