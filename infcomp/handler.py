@@ -102,16 +102,16 @@ class ProposalMessenger(Messenger):
             if self._last is not None:
                 self.prev = self.network.embed_value(*self._last)
                 self._last = None
-            proposal, self.hc = self.obs_state.step(self.hc, self.prev, name, context, self.first, self.greedy)
+            out, self.hc = self.obs_state.step(self.hc, self.prev, name, context, self.first, self.greedy)
         self.first = False
         self._pending[name] = context
-        if proposal is None:
+        if out is None:
             return
-        if self.greedy:  # the point estimate; fn stays the prior, and nothing here is weighed
-            msg["value"] = proposal
+        if self.greedy:  # out is the point estimate; fn stays the prior, and nothing here is weighed
+            msg["value"] = out
             return
         msg["infer"]["prior"] = fn
-        msg["fn"] = proposal.to_event(event_dim) if event_dim else proposal
+        msg["fn"] = out.to_event(event_dim) if event_dim else out
 
     def _pyro_post_sample(self, msg):
         context = self._pending.pop(msg["name"], None)

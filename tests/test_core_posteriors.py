@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import infcomp
-from infcomp.nn.proposals import unwrap
+from infcomp.nn.proposals import FAMILIES, unwrap
+from infcomp.nn.proposals.point import point_estimate
+from infcomp.traces import site_spec
 from infcomp_models.examples import (
     beta_bernoulli,
     beta_bernoulli_exact,
@@ -199,10 +201,6 @@ def test_temper_flattens_discrete_proposals_exactly():
     ids=lambda d: type(d).__name__,
 )
 def test_a_familys_greedy_point_is_its_proposals_point_estimate(prior):
-    from infcomp.nn.proposals import FAMILIES
-    from infcomp.nn.proposals.point import point_estimate
-    from infcomp.traces import site_spec
-
     spec = site_spec("z", prior)
     family = FAMILIES[spec.family]
     torch.manual_seed(0)
