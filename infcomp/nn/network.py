@@ -88,11 +88,22 @@ class Attention(nn.Module):
     def keys(self, memory):
         return self.key(memory) + self.position
 
-    def read(self, h, address_query, keys, memory):
-        """``h [R, H]``, ``address_query [R, d]``, ``keys [R, L, d]``, ``memory [R, L, M]`` -> context ``[R, M]``."""
+    def read(self, h, address_query, keys, memory, trace=None, slot=None, num_slots=1):
+        """``h [R, H]`` and ``address_query [R, d]`` read image columns ``keys [B, L, d]``,
+        ``memory [B, L, M]`` -> context ``[R, M]``.
+
+        Row ``r`` reads image ``trace[r]`` (without ``trace``, image ``r``).  The rows are set on a
+        ``[B, num_slots]`` grid at ``(trace, slot)`` (each cell at most once), so all of them take
+        two batched matmuls and no image's columns are copied per row.
+        """
         q = self.query(h) + address_query
-        scores = torch.einsum("rd,rld->rl", q, keys) * self.scale
-        return torch.einsum("rl,rlm->rm", torch.softmax(scores, -1), memory)
+        if trace is None:
+            grid = q.unsqueeze(1)
+        else:
+            grid = q.new_zeros(keys.shape[0], num_slots, q.shape[-1]).index_put((trace, slot), q)
+        scores = torch.bmm(grid, keys.transpose(1, 2)) * self.scale
+        context = torch.bmm(torch.softmax(scores, -1), memory)
+        return context[:, 0] if trace is None else context[trace, slot]
 
 
 def grouped_linear(x, layers, address, slot, num_slots):
@@ -178,7 +189,7 @@ class InferenceNetwork(nn.Module):
             seen = obs_e[g.trace]
             if keys is not None:
                 query = torch.stack([m.query for m in mods])[g.address]
-                seen = torch.cat([seen, self.attention.read(hg, query, keys[g.trace], memory[g.trace])], -1)
+                seen = torch.cat([seen, self.attention.read(hg, query, keys, memory, g.trace, g.step, T)], -1)
             if self.balancer is not None:
                 seen = self.balancer(seen, g.signature)
             z = torch.cat([hg, seen], -1)
