@@ -68,6 +68,9 @@ def main():
               f"{100 * (r['confident_share'] or 0):5.0f}% {('%10.1f%%' % (100 * conf)) if conf is not None else '         -'} "
               f"{r.get('brier', float('nan')):6.3f} {r.get('calibration_error', float('nan')):6.3f} "
               f"{r['ms_per_captcha']['greedy']:9.1f} {r['ms_per_captcha']['posterior'] or 0:8.0f}")
+    for r in rows:
+        top = ", ".join(f"{a} -> {b} {n}x" for a, b, n in r["char_confusions"][:5]) or "none"
+        print(f"{r['scheme']}: most frequent character errors (label -> read): {top}")
     print("reference: Le et al. 2017 read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs; goal >= 90% on both")
 
 

@@ -152,6 +152,8 @@ def _summary(rows, greedy_ms, posterior_ms):
         if post:
             out["recognition_rate_posterior"] = sum(r["posterior"] == r["label"] for r in post) / len(post)
         out["char_accuracy"] = sum(r["char_accuracy"] for r in labelled) / len(labelled)
+        _, breaker = _captcha()
+        out["char_confusions"] = breaker.char_confusions((r["reading"], r["label"]) for r in labelled)
         confident = [r for r in post if r["probability"] > 0.9]
         out["confident_share"] = len(confident) / len(post) if post else None
         out["accuracy_when_confident"] = (
@@ -219,6 +221,9 @@ def _print_summary(s):
               f"  [greedy {100 * s['recognition_rate_greedy']:.1f}%"
               + (f", posterior {100 * s['recognition_rate_posterior']:.1f}%" if "recognition_rate_posterior" in s else "")
               + f"]; per-character accuracy {100 * s['char_accuracy']:.1f}%")
+        if s["char_confusions"]:
+            print("most frequent character errors (label -> read): "
+                  + ", ".join(f"{a} -> {b} {n}x" for a, b, n in s["char_confusions"]))
         if s.get("accuracy_when_confident") is not None:
             print(f"readings with probability > 0.9: {100 * s['confident_share']:.0f}% of them, "
                   f"{100 * s['accuracy_when_confident']:.1f}% right")

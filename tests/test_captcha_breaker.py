@@ -8,7 +8,7 @@ from PIL import Image
 
 from infcomp.cli import main
 from infcomp_models.captcha import get_style
-from infcomp_models.captcha.breaker import char_accuracy, load_image
+from infcomp_models.captcha.breaker import char_accuracy, char_confusions, load_image
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,8 @@ def test_break_files_named_by_their_labels(breaker, tmp_path, capsys):
         assert len(r["reading"]) == 4 and all(c in style.alphabet for c in r["reading"])
         assert 0.0 < r["probability"] <= 1.0
     assert (tmp_path / "rel.png").exists()
+    expected = char_confusions((r["reading"], r["label"]) for r in result["readings"])
+    assert [tuple(c) for c in result["char_confusions"]] == expected
 
 
 def test_evaluate_json(breaker, tmp_path, capsys):
@@ -134,6 +136,12 @@ def test_char_accuracy():
     assert char_accuracy("ABCD", "ABCD") == 1.0
     assert char_accuracy("ABXD", "ABCD") == 0.75
     assert char_accuracy("ABC", "ABCD") == 0.75
+
+
+def test_char_confusions():
+    pairs = [("nn5", "mn5"), ("n4x", "m4x"), ("abd", "abc"), ("ab", "abc"), ("xyz", "xyz")]
+    assert char_confusions(pairs) == [("m", "n", 2), ("c", "d", 1)]  # the short reading is left out
+    assert char_confusions(pairs, top=1) == [("m", "n", 2)]
 
 
 def test_compile_saves_and_stops_on_sigterm(tmp_path):

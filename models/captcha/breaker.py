@@ -9,6 +9,7 @@ Two reads:
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -110,6 +111,16 @@ def char_accuracy(reading: str, label: str) -> float:
     """Share of the label's characters read right, position by position (a length error costs the rest)."""
     n = max(len(reading), len(label))
     return sum(a == b for a, b in zip(reading, label)) / n if n else 1.0
+
+
+def char_confusions(pairs, top: int = 10) -> list:
+    """The most frequent character errors over ``(reading, label)`` pairs, position by
+    position: ``[(label character, character read, count)]``, most frequent first.  Pairs
+    of different lengths are left out (their positions do not line up)."""
+    counts = collections.Counter(
+        (a, b) for reading, label in pairs if len(reading) == len(label) for b, a in zip(reading, label) if a != b
+    )
+    return [(a, b, n) for (a, b), n in counts.most_common(top)]
 
 
 def timed(fn, *args, **kwargs):
