@@ -12,6 +12,7 @@ and apply every address's own weights in one batched matmul.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, replace
 
 import pyro
@@ -107,10 +108,14 @@ class PriorTraceStream(IterableDataset):
         return prior_batches(self.sampler, self.batch_size)
 
 
-def _one_thread(worker_id):
+def _init_worker(worker_id):
     # torch already runs one thread per worker; NumPy's BLAS (used by simulators) must too,
     # or workers and the trainer oversubscribe the cores many times over
     threadpool_limits(1)
+    # a SIGTERM sent to the whole process group (a batch scheduler's time limit, `pkill -f`)
+    # is the main process's to handle: a worker killed by it would abort the checkpoint
+    # being saved; workers still end with the main process (the DataLoader watches it)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int):
@@ -118,5 +123,5 @@ def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int
     stream = PriorTraceStream(sampler, batch_size, seed)
     if workers == 0:
         return iter(stream)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_one_thread)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_init_worker)
     return iter(loader)

@@ -144,7 +144,11 @@ def test_char_confusions():
     assert char_confusions(pairs, top=1) == [("m", "n", 2)]
 
 
-def test_compile_saves_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("workers, whole_group", [(0, False), (1, True)], ids=["process", "process-group"])
+def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
+    """SIGTERM to the compile, or to its whole process group with its trace worker (as a batch
+    scheduler's time limit sends it), saves the breaker and stops."""
+    import os
     import re
     import signal
     import subprocess
@@ -156,13 +160,16 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path):
     path = tmp_path / "term.pt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "infcomp.cli", "compile", "--style", "baidu2011", "--traces", "100000000",
-         "--out", str(path), "--workers", "0", "--batch-size", "16", "--checkpoint-every", "60"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+         "--out", str(path), "--workers", str(workers), "--batch-size", "16", "--checkpoint-every", "60"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=whole_group,
     )
     seen, deadline = b"", time.time() + 120
     while not re.search(rb"\| [1-9]\d*/", seen) and time.time() < deadline:  # some batches trained
         seen += proc.stderr.read1(4096) or b""
-    proc.send_signal(signal.SIGTERM)
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (seen + err)[-2000:]
     assert b"interrupted" in err
