@@ -21,12 +21,7 @@ Computer Modern Sans alone, set by its own advances, read 5% of the real images
 (55% of characters): letters crowded where the real ones keep their cells.  The next
 one read 75% (94% of characters); its errors were mostly "n" and "m" confused: the real
 "m" is squeezed to about the width of an "n", as if each glyph were condensed to fit its
-cell, so glyphs wider than a (latent) width of 18 to 28 px are condensed to it.  That
-breaker (83%, 112 minutes) still read 13 of the 33 real "m"s as "n": zoomed in, the real "m"
-keeps stems as heavy as its neighbours' and its two counters shrink to slits, where
-condensing our rendered glyph thinned every stroke.  So the extra stroke is added after the
-squeeze (``stroke_after_scale``), as in a condensed bold face; with no extra stroke the
-thinned form stays in the prior.
+cell, so glyphs wider than a (latent) width of 18 to 28 px are condensed to it.
 """
 
 from .style import CaptchaStyle, Latent
@@ -70,7 +65,6 @@ STYLE = CaptchaStyle(
         curve_wiggle_span=25.0,
         curve_kinks=1,
         noise=0.0,
-        stroke_after_scale=True,
     ),
     bandwidth=0.15,
 )

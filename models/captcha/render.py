@@ -32,7 +32,7 @@ import math
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from .fonts import load_font
 
@@ -72,10 +72,6 @@ class CaptchaSpec:
     stroke: int = 0  #: extra stroke width (bolder letters)
     hollow: bool = False  #: draw letter outlines only
     x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
-    #: add the extra ``stroke`` after condensing (``x_scale``, ``max_glyph_width``) rather than
-    #: before: stems keep their weight and counters close up, as in a condensed bold face,
-    #: instead of every stroke thinning with the squeeze
-    stroke_after_scale: bool = False
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
     max_glyph_width: Union[float, None] = None  #: glyphs wider than this (pixels) are condensed to fit it
@@ -140,17 +136,10 @@ def _per_letter(value, n: int, name: str) -> list:
 
 
 @functools.lru_cache(maxsize=8192)
-def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, x_scale: float = 1.0,
-           stroke_after_scale: bool = False):
+def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, x_scale: float = 1.0):
     """(mask image or None, left, top, advance): the glyph's ink mask with its top-left
     corner relative to the pen position on the baseline (scaled by ``x_scale``
-    horizontally, about the pen position; with ``stroke_after_scale`` the stroke is
-    added to the scaled glyph by dilation)."""
-    if stroke_after_scale and stroke > 0 and not hollow and x_scale != 1.0:
-        mask, left, top, advance = _glyph(font_name, size, char, 0, hollow, x_scale)
-        if mask is None:
-            return None, 0, 0, advance
-        return _dilate(mask, stroke), left - stroke, top - stroke, advance
+    horizontally, about the pen position)."""
     if x_scale != 1.0:
         mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow)
         if mask is None:
@@ -171,21 +160,12 @@ def _glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, x_sc
     return mask, left, top, advance
 
 
-def _dilate(mask: Image.Image, radius: int) -> Image.Image:
-    """``mask`` grown by ``radius`` pixels on every side (a square max filter), the
-    canvas padded to hold it."""
-    w, h = mask.size
-    padded = Image.new("L", (w + 2 * radius, h + 2 * radius), 0)
-    padded.paste(mask, (radius, radius))
-    return padded.filter(ImageFilter.MaxFilter(2 * radius + 1))
-
-
 @functools.lru_cache(maxsize=4096)
 def _rotated_glyph(font_name: str, size: int, char: str, stroke: int, hollow: bool, angle: float,
-                   x_scale: float = 1.0, stroke_after_scale: bool = False):
+                   x_scale: float = 1.0):
     """The glyph rotated by ``angle`` degrees about its centre (cached; angles are
     quantised to 0.5 degrees and ``x_scale`` to 0.02 by the caller)."""
-    mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow, x_scale, stroke_after_scale)
+    mask, left, top, advance = _glyph(font_name, size, char, stroke, hollow, x_scale)
     if mask is None or angle == 0.0:
         return mask, float(left), float(top), advance
     w, h = mask.size
@@ -285,13 +265,12 @@ def _layout(spec: CaptchaSpec):
     pen = 0.0
     x_min = y_min = math.inf
     x_max = y_max = -math.inf
-    after = bool(spec.stroke_after_scale)
     for i, ch in enumerate(spec.text):
         angle = round(float(rotations[i]) * 2.0) / 2.0
-        mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale, after)
+        mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
         if max_width is not None and mask is not None and mask.size[0] > max_width:
             fit = max(math.floor(x_scale * max_width / mask.size[0] * 50.0) / 50.0, 0.02)
-            mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, fit, after)
+            mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, fit)
         if mask is not None:
             x = pen + left + float(dxs[i])
             if pitch is not None:
