@@ -1,0 +1,68 @@
+"""Time one training step of a CAPTCHA breaker's network: forward and backward of -log q on a batch.
+
+    python benchmarks/train_step.py [--styles baidu2011,ebay] [--batch-size 64] [--passes 8] [--runs 4]
+
+Isolates the network's cost from trace generation (see `captcha.py` for whole compiles). On
+one thread: per style, a freshly built network, one batch of prior traces, ``--runs`` timings
+of ``--passes`` steps each; prints every run's ms per batch, the median and the best, and the
+traces/s that the median means for the trainer alone. To compare two versions of the library,
+run the same script against each (``git worktree add /tmp/old COMMIT`` then
+``PYTHONPATH=/tmp/old python benchmarks/train_step.py``), alternating, on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import infcomp
+from infcomp.data import collate
+from infcomp.traces import PriorSampler
+from infcomp_models.captcha import get_style
+from infcomp_models.captcha.breaker import compile_breaker
+
+
+def time_step(style_name, batch_size, passes, runs):
+    style = get_style(style_name)
+    guide = compile_breaker(style, num_traces=batch_size, workers=0, seed=0, progress=False)
+    sampler = PriorSampler(style.model, ("image",), (), {})
+    batch = collate([sampler.sample() for _ in range(batch_size)], sampler.specs)
+    net = guide.network
+
+    def step():
+        net.zero_grad()
+        loss = -net.log_q(batch).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    loss = step()  # warm up (and the figure to check two versions compute the same)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        for _ in range(passes):
+            step()
+        times.append(1000 * (time.perf_counter() - t) / passes)
+    return loss, times
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--styles", default="baidu2011")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--passes", type=int, default=8)
+    p.add_argument("--runs", type=int, default=4)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    print(f"infcomp from {infcomp.__file__}; torch {torch.__version__}, one thread, batch {args.batch_size}")
+    for name in args.styles.split(","):
+        loss, times = time_step(name, args.batch_size, args.passes, args.runs)
+        med = statistics.median(times)
+        print(f"{name:12s} loss {loss:.4f}  ms/batch " + " ".join(f"{t:.1f}" for t in times)
+              + f"  median {med:.1f}, best {min(times):.1f}  ({1000 * args.batch_size / med:.0f} traces/s for the trainer alone)")
+
+
+if __name__ == "__main__":
+    main()
