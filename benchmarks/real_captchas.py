@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infcomp_models.captcha.breaker import describe_confusions
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-captchas"
 SCHEMES = ("really_simple_captcha", "captcha_images_v2")
 
@@ -69,7 +71,7 @@ def main():
               f"{r.get('brier', float('nan')):6.3f} {r.get('calibration_error', float('nan')):6.3f} "
               f"{r['ms_per_captcha']['greedy']:9.1f} {r['ms_per_captcha']['posterior'] or 0:8.0f}")
     for r in rows:
-        top = ", ".join(f"{a} -> {b} {n}x" for a, b, n in r["char_confusions"][:5]) or "none"
+        top = describe_confusions(r["char_confusions"][:5])
         print(f"{r['scheme']}: most frequent character errors (label -> read): {top}")
     print("reference: Le et al. 2017 read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs; goal >= 90% on both")
 

@@ -222,8 +222,8 @@ def _print_summary(s):
               + (f", posterior {100 * s['recognition_rate_posterior']:.1f}%" if "recognition_rate_posterior" in s else "")
               + f"]; per-character accuracy {100 * s['char_accuracy']:.1f}%")
         if s["char_confusions"]:
-            print("most frequent character errors (label -> read): "
-                  + ", ".join(f"{a} -> {b} {n}x" for a, b, n in s["char_confusions"]))
+            _, breaker = _captcha()
+            print(f"most frequent character errors (label -> read): {breaker.describe_confusions(s['char_confusions'])}")
         if s.get("accuracy_when_confident") is not None:
             print(f"readings with probability > 0.9: {100 * s['confident_share']:.0f}% of them, "
                   f"{100 * s['accuracy_when_confident']:.1f}% right")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from infcomp.cli import main
 from infcomp_models.captcha import get_style
-from infcomp_models.captcha.breaker import char_accuracy, char_confusions, load_image
+from infcomp_models.captcha.breaker import char_accuracy, char_confusions, describe_confusions, load_image
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,8 @@ def test_char_confusions():
     pairs = [("nn5", "mn5"), ("n4x", "m4x"), ("abd", "abc"), ("ab", "abc"), ("xyz", "xyz")]
     assert char_confusions(pairs) == [("m", "n", 2), ("c", "d", 1)]  # the short reading is left out
     assert char_confusions(pairs, top=1) == [("m", "n", 2)]
+    assert describe_confusions(char_confusions(pairs)) == "m -> n 2x, c -> d 1x"
+    assert describe_confusions([]) == "none"
 
 
 @pytest.mark.parametrize("workers, whole_group", [(0, False), (1, True)], ids=["process", "process-group"])

@@ -123,6 +123,11 @@ def char_confusions(pairs, top: int = 10) -> list:
     return [(a, b, n) for (a, b), n in counts.most_common(top)]
 
 
+def describe_confusions(confusions) -> str:
+    """``char_confusions``' list as one line: ``"m -> n 13x, 8 -> d 2x"`` (``"none"`` if empty)."""
+    return ", ".join(f"{a} -> {b} {n}x" for a, b, n in confusions) or "none"
+
+
 def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
