@@ -169,6 +169,12 @@ def _ink_columns(img, level=0.5):
     return cols.min(), cols.max()
 
 
+def _ink_runs(img, level=0.5):
+    """The image's inked columns, split into runs of adjacent columns (one per separate glyph)."""
+    cols = np.where((img < level).any(axis=0))[0]
+    return np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+
+
 def test_new_fields_default_to_the_old_rendering():
     spec = CaptchaSpec("Ab3x", height=32, width=96, font="DejaVuSans", font_size=20, x_scale=1.0, pitch=None,
                        x_origin=None, baseline=None, fuzz=0.0, curve_width=0.0)
@@ -188,9 +194,7 @@ def test_x_origin_and_baseline_fix_the_pen():
 
 def test_pitch_spaces_letters_evenly():
     spec = CaptchaSpec("II", height=30, width=90, font="DejaVuSans", font_size=18, pitch=30.0, x_origin=5.0, baseline=22.0)
-    img = render(spec, 0)
-    cols = np.where((img < 0.5).any(axis=0))[0]
-    runs = np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+    runs = _ink_runs(render(spec, 0))
     assert len(runs) == 2 and runs[1][0] - runs[0][0] == 30
 
 
@@ -199,8 +203,7 @@ def test_pitch_align_centres_glyphs_in_their_cells():
     for text in ("iW", "Wi"):
         left = render(CaptchaSpec(text, **base), 0)
         centred = render(CaptchaSpec(text, pitch_align=0.5, **base), 0)
-        cols = np.where((centred < 0.5).any(axis=0))[0]
-        runs = np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+        runs = _ink_runs(centred)
         centres = [0.5 * (r[0] + r[-1]) for r in runs]
         assert len(runs) == 2 and abs(centres[1] - centres[0] - 30) <= 1.5  # same cell centres, whatever the glyph
         assert not np.array_equal(left, centred)
