@@ -164,15 +164,15 @@ def test_gallery_writes_png(tmp_path):
 # --------------------------------------------------------------------------- newer spec fields
 
 
-def _ink_columns(img, level=0.5):
-    cols = np.where((img < level).any(axis=0))[0]
-    return cols.min(), cols.max()
-
-
 def _ink_runs(img, level=0.5):
     """The image's inked columns, split into runs of adjacent columns (one per separate glyph)."""
     cols = np.where((img < level).any(axis=0))[0]
     return np.split(cols, np.where(np.diff(cols) > 1)[0] + 1)
+
+
+def _ink_columns(img, level=0.5):
+    runs = _ink_runs(img, level)
+    return runs[0][0], runs[-1][-1]
 
 
 def test_new_fields_default_to_the_old_rendering():
