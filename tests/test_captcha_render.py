@@ -209,6 +209,21 @@ def test_pitch_align_centres_glyphs_in_their_cells():
         assert not np.array_equal(left, centred)
 
 
+def test_proportional_cells_follow_the_glyphs_ink():
+    base = dict(height=30, width=160, font="DejaVuSans-Bold", font_size=18, pitch=30.0, pitch_align=0.5,
+                x_origin=5.0, baseline=22.0)
+    # any ink at all (level 0.98): glyphs' ink boxes end in faint anti-aliased columns
+    fixed = _ink_runs(render(CaptchaSpec("mim", **base), 0), level=0.98)
+    abut = _ink_runs(render(CaptchaSpec("mim", proportional=1.0, **base), 0), level=0.98)
+    half = _ink_runs(render(CaptchaSpec("mim", proportional=0.5, **base), 0), level=0.98)
+    assert len(fixed) == 3  # fixed 30 px cells leave gaps between the glyphs
+    assert len(abut) == 1  # cells as wide as the ink boxes: neighbours touch
+    span = [runs[-1][-1] - runs[0][0] for runs in (fixed, half, abut)]
+    assert span[0] > span[1] > span[2]
+    assert np.array_equal(render(CaptchaSpec("mim", proportional=0.0, **base), 0),
+                          render(CaptchaSpec("mim", **base), 0))
+
+
 def test_max_glyph_width_condenses_only_wide_glyphs():
     base = dict(height=32, width=120, font="DejaVuSans", font_size=24, x_origin=5.0, baseline=26.0)
     for text, squeezed in (("m", True), ("i", False)):

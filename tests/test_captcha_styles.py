@@ -58,7 +58,7 @@ def test_real_scheme_style_matches_its_scheme(name):
     assert style.min_letters == style.max_letters == letters
     assert style.shape == shape
     assert 0.05 <= style.bandwidth <= 0.3 and style.kernel == "pixel"
-    assert len(style.addresses(letters)) <= 32  # every site is an LSTM step: keep the model lean
+    assert len(style.addresses(letters)) <= 40  # every site is an LSTM step: keep the model lean
 
 
 def _font_sites(style, n):

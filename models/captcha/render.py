@@ -74,6 +74,10 @@ class CaptchaSpec:
     x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
+    #: with a pitch, how far each cell follows its glyph: the cell is ``(1 - p) * pitch + p * ink width``
+    #: and the glyph moves from its place in a fixed cell towards the cell's start (0: fixed cells;
+    #: 1: each glyph's ink box starts where its neighbour's ends, so neighbours touch)
+    proportional: float = 0.0
     max_glyph_width: Union[float, None] = None  #: glyphs wider than this (pixels) are condensed to fit it
     x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
     baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
@@ -261,6 +265,7 @@ def _layout(spec: CaptchaSpec):
     x_scale = max(round(float(spec.x_scale) * 50.0) / 50.0, 0.02)
     pitch = None if spec.pitch is None else float(spec.pitch)
     max_width = None if spec.max_glyph_width is None else max(float(spec.max_glyph_width), 1.0)
+    proportional = min(max(float(spec.proportional), 0.0), 1.0)
     placed = []
     pen = 0.0
     x_min = y_min = math.inf
@@ -271,16 +276,23 @@ def _layout(spec: CaptchaSpec):
         if max_width is not None and mask is not None and mask.size[0] > max_width:
             fit = max(math.floor(x_scale * max_width / mask.size[0] * 50.0) / 50.0, 0.02)
             mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, fit)
+        cell = pitch
         if mask is not None:
             x = pen + left + float(dxs[i])
             if pitch is not None:
                 x += float(spec.pitch_align) * (pitch - advance)
+                if proportional:
+                    ink = mask.getbbox() or (0, 0, mask.size[0], 0)
+                    ink_width = ink[2] - ink[0]
+                    cell = (1.0 - proportional) * pitch + proportional * ink_width
+                    # at 1 the ink box fills its cell from the pen on, so neighbours' ink abuts
+                    x += proportional * ((pen - ink[0] + float(dxs[i])) - x)
             y = top + float(dys[i])
             w, h = mask.size
             placed.append((mask, x, y, max(float(fuzzes[i]), 0.0)))
             x_min, y_min = min(x_min, x), min(y_min, y)
             x_max, y_max = max(x_max, x + w), max(y_max, y + h)
-        pen += (advance if pitch is None else pitch) + kerning
+        pen += (advance if pitch is None else cell) + kerning
     if not placed:
         return [], (0.0, 0.0, 0.0, 0.0)
     if spec.x_origin is None:
