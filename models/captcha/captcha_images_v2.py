@@ -14,16 +14,17 @@ x = 180, about 2 px wide at its right end and thicker (about 3 px) in the squigg
 its left end.
 
 The typeface is a heavy sans, proportional or monospaced letter by letter, that none of
-the bundled fonts matches exactly, so the prior is broad around it: sans faces (Computer Modern Sans, DejaVu
-Sans and its bold, DejaVu Sans Mono and its bold), one per letter, with or without an
-extra 1 px stroke (stems 3.5 to 8 px), condensed by 0.72 to 1.0, at pitches of 19 to
-23.5 px.  A first version with Computer Modern Sans alone, set by its own advances, read
-5% of the real images (55% of characters): letters crowded where the real ones keep their cells.  The next
+the bundled fonts matches exactly, so the prior is broad around it: sans faces (Computer
+Modern Sans, DejaVu Sans and its bold, DejaVu Sans Mono and its bold), one per letter,
+with or without an extra 1 px stroke (stems 3.5 to 8 px), condensed by 0.72 to 1.0, at
+pitches of 19 to 23.5 px.  A first version with Computer Modern Sans alone, set by its
+own advances, read 5% of the real images (55% of characters): letters crowded where the
+real ones keep their cells.  The next
 one read 75% (94% of characters); its errors were mostly "n" and "m" confused: the real
 "m" is squeezed to about the width of an "n", as if each glyph were condensed to fit its
 cell, so glyphs wider than a (latent) width of 18 to 28 px are condensed to it.  That
-breaker still read the real "m" as "n" (13 of its 26 character errors): condensing a proportional
-face's "m" thins its stems and keeps its counters open, where the real "m" keeps heavy
+breaker still read the real "m" as "n" (13 of its 26 character errors): condensing a
+proportional face's "m" thins its stems and keeps its counters open, where the real "m" keeps heavy
 stems and slit counters, as a monospaced face's "m" does (DejaVu Sans Mono Bold's at 40 px
 matches it closely, while the real "n" is as wide as DejaVu Sans Bold's).  So each letter
 now picks its own face among five, the two DejaVu Sans Mono weights added.  That fixed
@@ -69,7 +70,8 @@ STYLE = CaptchaStyle(
         # last, so that adding it left every other site's place in the trace unchanged
         Latent("max_glyph_width", 18.0, 40.0),
         # a smooth warp: the real glyphs bend (a curved "7", swashes on the "2", legs that
-        # lean), which no installed face draws; up to about 2 px of displacement
+        # lean), which no installed face draws; displacements of standard deviation about
+        # 1.2 px mid-range (alpha 50, sigma 8), 3 px at the strong end (alpha 100, sigma 6)
         Latent("elastic_alpha", 0.0, 100.0),
         Latent("elastic_sigma", 6.0, 10.0),
         Latent("shear", -0.1, 0.1),
