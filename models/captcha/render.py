@@ -72,7 +72,7 @@ class CaptchaSpec:
     stroke: int = 0  #: extra stroke width (bolder letters)
     hollow: bool = False  #: draw letter outlines only
     x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
-    pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter, whatever the glyph
+    pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter (see ``proportional``)
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
     #: with a pitch, how far each cell follows its glyph: the cell is ``(1 - p) * pitch + p * ink width``
     #: and the glyph moves from its place in a fixed cell towards the cell's start (0: fixed cells;
