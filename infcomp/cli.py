@@ -95,7 +95,8 @@ def cmd_compile(args):
     try:
         guide = breaker.compile_breaker(
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
-            batch_size=args.batch_size, progress=not args.quiet, checkpoint=out, checkpoint_every=args.checkpoint_every,
+            batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
+            checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -105,7 +106,7 @@ def cmd_compile(args):
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     print(
-        f"compiled {style.name}: {run['traces']} traces in {run['seconds']:.0f} s "
+        f"compiled {style.name}: {run['traces']} traces ({run['steps']} steps) in {run['seconds']:.0f} s "
         f"({run['traces_per_second']:.0f} traces/s, {100 * run['waiting_for_data_seconds'] / run['seconds']:.0f}% "
         f"of it waiting for traces), validation loss {run['validation_loss']:.2f}; "
         f"total {guide.traces_trained} traces -> {out}" + (f"; loss curve {curve}" if curve else "")
@@ -330,6 +331,12 @@ def build_parser():
     s.add_argument("--fresh", action="store_true", help="start over even if --out exists")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: infcomp.compile's)")
+    s.add_argument("--echo", type=float, default=None,
+                   help="train on each batch this many times in all, repeats at random later steps "
+                        "(data echoing; default: the breaker's, 3)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the gradient steps (default: the cores the workers leave, at least one)")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")

@@ -12,6 +12,7 @@ and apply every address's own weights in one batched matmul.
 
 from __future__ import annotations
 
+import random
 import signal
 from dataclasses import dataclass, replace
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .traces import PriorSampler
 
-__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "batch_stream"]
+__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "batch_stream", "Echo"]
 
 
 @dataclass
@@ -125,3 +126,45 @@ def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int
         return iter(stream)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_init_worker)
     return iter(loader)
+
+
+class Echo:
+    """Data echoing (Choi et al. 2019, *Faster Neural Network Training with Data Echoing*): each
+    fresh batch is trained on ``factor`` times in all, its repeats at random later steps.
+
+    When drawing a trace costs about as much as a gradient step on it (a rendered CAPTCHA on a
+    CPU), repeats buy more steps per hour for fewer fresh traces.  Repeats wait in a pool of at
+    least ``pool`` batches and are drawn from it at random, so a batch comes back only after the
+    network has moved on by about that many steps.  A fractional factor repeats that share of
+    batches once more on average.  Iterating gives ``(batch, fresh)``.
+    """
+
+    def __init__(self, stream, factor: float, pool: int = 16, seed: int = 0):
+        if not factor >= 1:
+            raise ValueError(f"echo must be at least 1 (each batch trained on once), got {factor!r}")
+        self.stream, self.factor, self.pool = stream, float(factor), pool
+        self.rng = random.Random(seed)
+        self.waiting = []  # [batch, repeats left]
+        self.credit = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.credit >= 1 and len(self.waiting) >= self.pool:
+            self.credit -= 1
+            i = self.rng.randrange(len(self.waiting))
+            entry = self.waiting[i]
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.waiting[i] = self.waiting[-1]
+                self.waiting.pop()
+            return entry[0], False
+        batch = next(self.stream)
+        if self.factor > 1:
+            if len(self.waiting) >= self.pool:  # while the pool fills, batches are not owed their repeats at once
+                self.credit += self.factor - 1
+            repeats = int(self.factor - 1) + (self.rng.random() < (self.factor - 1) % 1)
+            if repeats:
+                self.waiting.append([batch, repeats])
+        return batch, True

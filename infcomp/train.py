@@ -1,7 +1,8 @@
 """Compilation: train the guide on the model's own prior draws, loss ``-log q(latents | observation)``.
 
 Traces stream from worker processes; the main process takes Adam steps on
-batches grouped by structure.  Addresses met for the first time get their
+batches grouped by structure (each batch once, or more often with data echoing:
+:class:`~infcomp.data.Echo`).  Addresses met for the first time get their
 modules at once and join the optimiser as a new parameter group, so the state
 of every existing parameter is kept.  A fixed validation set of traces tracks
 progress; ``num_traces`` or ``minutes`` ends the run; a guide passed back in
@@ -19,7 +20,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .data import batch_stream, collate
+from .data import Echo, batch_stream, collate
 from .guide import Guide
 from .nn.network import InferenceNetwork, NetworkConfig
 from .threads import limited_threads
@@ -106,6 +107,8 @@ def compile(
     batch_size=64,
     lr=None,
     workers=None,
+    echo=1.0,
+    threads=None,
     seed=None,
     device="cpu",
     embedding=None,
@@ -124,11 +127,17 @@ def compile(
     :param minutes: stop after this much wall-clock time.
     :param guide: a guide to go on training (resumes its optimiser state).
     :param workers: processes drawing traces (default: the CPU cores, at most 4; 0 draws them in this process).
+    :param echo: train on each batch of traces this many times in all, the repeats at random later
+        steps (data echoing, see :class:`~infcomp.data.Echo`): more steps per hour where drawing a
+        trace costs about as much as a step on it; ``num_traces`` counts fresh traces.
+    :param threads: torch threads for the gradient steps (default: the cores the workers leave, at least one).
     :param seed: makes the run reproducible (for a fixed number of workers).
     :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]``.
     :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields.
-    :param lr: Adam's learning rate (default 3e-3, or 1e-3 when an observation is an image: CNNs on
-        noisy images stall at the higher rate).
+    :param lr: Adam's learning rate (default 3e-3; 1e-3 for an image embedding built without
+        ``conv_norm``, whose CNN stalls on noisy images at the higher rate).  With the norm, on
+        baidu2011 CAPTCHAs 2e-3 and 4e-3 reach a validation loss 3.3 and 3.6 nats below 1e-3's in
+        10 minutes (``benchmarks/README.md``).
     :param validate_every: seconds between validation-loss evaluations.
     :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
         end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
@@ -161,20 +170,24 @@ def compile(
             raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
         guide.bind_model(model, model_args, model_kwargs)
     if lr is None:
-        lr = 1e-3 if guide.network.embed.memory_dim else 3e-3
+        net = guide.network
+        lr = 1e-3 if net.embed.memory_dim and not net.cfg.conv_norm else 3e-3
     guide.metadata.update(metadata or {})
     trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
     guide.invalidate()
 
     stream_seed = (seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))) + guide.traces_trained
     # the trainer keeps the cores the workers leave; NumPy in a simulator (workers=0) stays on one thread
-    torch_threads = max(1, (os.cpu_count() or 1) - workers) if workers > 0 else torch.get_num_threads()
+    if threads is not None:
+        torch_threads = threads
+    else:
+        torch_threads = max(1, (os.cpu_count() or 1) - workers) if workers > 0 else torch.get_num_threads()
     with limited_threads(torch_threads):
-        stream = batch_stream(sampler, batch_size, stream_seed, workers)
+        stream = Echo(batch_stream(sampler, batch_size, stream_seed, workers), echo, seed=stream_seed)
         start = time.perf_counter()
         deadline = start + 60 * minutes if minutes is not None else math.inf
         target = num_traces if num_traces is not None else math.inf
-        done, last_val, val = 0, -math.inf, float("nan")
+        done, seen, steps, last_val, val = 0, 0, 0, -math.inf, float("nan")
         waited, val_cost = 0.0, 0.0
         bar = tqdm(
             total=num_traces if num_traces is not None else None,
@@ -186,18 +199,20 @@ def compile(
         last_save = start
 
         def snapshot(interrupted=False) -> Guide:
-            return _finish(guide, trainer, done, time.perf_counter() - start, val, waited, interrupted)
+            return _finish(guide, trainer, done, seen, steps, time.perf_counter() - start, val, waited, interrupted)
 
         try:
             while done < target and time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                batch = next(stream)
+                batch, fresh = next(stream)
                 waited += time.perf_counter() - t0
                 trainer.set_progress(max(done / target, (time.perf_counter() - start) / (deadline - start)))
                 loss = trainer.step(batch)
-                done += batch.size
-                guide.traces_trained += batch.size
-                bar.update(batch.size)
+                seen, steps = seen + batch.size, steps + 1
+                if fresh:
+                    done += batch.size
+                    guide.traces_trained += batch.size
+                    bar.update(batch.size)
                 now = time.perf_counter()
                 # validate every `validate_every` seconds, but never spend over a tenth of the time on it
                 if now - last_val >= max(validate_every, 10 * val_cost) or done >= target or now >= deadline:
@@ -223,13 +238,15 @@ def compile(
     return guide
 
 
-def _finish(guide, trainer, done, elapsed, val, waited, interrupted=False) -> Guide:
+def _finish(guide, trainer, done, seen, steps, elapsed, val, waited, interrupted=False) -> Guide:
     """Put the run's optimiser state and figures on the guide (so it saves and resumes whole)."""
     guide.optimizer_state = trainer.optimizer.state_dict()
     guide.last_run = {
         "traces": done,
         "seconds": elapsed,
         "traces_per_second": done / max(elapsed, 1e-9),
+        "trained_traces_per_second": seen / max(elapsed, 1e-9),  # repeats of echoed batches included
+        "steps": steps,
         "validation_loss": val,
         "waiting_for_data_seconds": waited,  # high: trace generation is the bottleneck (more workers may help)
         "interrupted": interrupted,

@@ -1,5 +1,9 @@
 """The guide as an object: Pyro interop, save/load, growth, reproducibility, and every bad input."""
 
+import collections
+import itertools
+import statistics
+
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -208,6 +212,30 @@ def test_seed_makes_training_reproducible():
 def test_workers_stream_traces(tmp_path):
     g = infcomp.compile(poisson_branching, observe="y", num_traces=1_280, seed=0, workers=1, progress=False)
     assert g.traces_trained == 1_280 and "n" in g.addresses
+
+
+def test_echo_repeats_each_batch_later_and_counts_fresh_traces():
+    from infcomp.data import Echo
+
+    steps = list(itertools.islice(Echo(iter(range(10_000)), 3, pool=8, seed=0), 3_000))
+    fresh = [b for b, f in steps if f]
+    assert fresh == list(range(len(fresh)))  # fresh batches in stream order, each once
+    counts = collections.Counter(b for b, _ in steps)
+    assert set(counts.values()) <= {1, 2, 3}
+    assert counts[fresh[8]] == 3 and sum(c < 3 for c in counts.values()) <= 8 + 2 * 8  # the pool's still owed
+    first = {}
+    for i, (b, f) in enumerate(steps):
+        first.setdefault(b, i)
+        assert f == (first[b] == i)  # a repeat never comes before its fresh draw
+    gaps = [i - first[b] for i, (b, f) in enumerate(steps) if not f]
+    assert statistics.median(gaps) > 8  # repeats wait in the pool, not right after their batch
+
+    with pytest.raises(ValueError, match="echo must be at least 1"):
+        Echo(iter([]), 0.5)
+    g = infcomp.compile(gaussian, observe="y", num_traces=1_280, echo=2, seed=0, workers=0, progress=False)
+    assert g.traces_trained == 1_280 and g.last_run["traces"] == 1_280
+    # 20 fresh batches: the first 16 fill the pool, then each of the next three is followed by one repeat
+    assert g.last_run["steps"] == 23
 
 
 def test_posterior_keeps_latents_not_observations():
