@@ -134,8 +134,8 @@ class Echo:
 
     When drawing a trace costs about as much as a gradient step on it (a rendered CAPTCHA on a
     CPU), repeats buy more steps per hour for fewer fresh traces.  Repeats wait in a pool of at
-    least ``pool`` batches and are drawn from it at random, so a batch comes back only after the
-    network has moved on by about that many steps.  A fractional factor repeats that share of
+    least ``pool`` batches and are drawn from it at random, so a batch comes back on average
+    about that many steps later, when the network has moved on.  A fractional factor repeats that share of
     batches once more on average.  Iterating gives ``(batch, fresh)``.
     """
 

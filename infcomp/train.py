@@ -137,7 +137,7 @@ def compile(
     :param lr: Adam's learning rate (default 3e-3; 1e-3 for an image embedding built without
         ``conv_norm``, whose CNN stalls on noisy images at the higher rate).  With the norm, on
         baidu2011 CAPTCHAs 2e-3 and 4e-3 reach a validation loss 3.3 and 3.6 nats below 1e-3's in
-        10 minutes (``benchmarks/README.md``).
+        10 minutes with ``echo=3``, and 2e-3 2.2 nats below without echo (``benchmarks/README.md``).
     :param validate_every: seconds between validation-loss evaluations.
     :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
         end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
