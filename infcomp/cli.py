@@ -77,6 +77,16 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _channels(text):
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 3 or min(channels) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers like 16,32,64, got {text!r}")
+    return channels
+
+
 def cmd_compile(args):
     captcha, breaker = _captcha()
     style = captcha.get_style(args.style)
@@ -86,6 +96,10 @@ def cmd_compile(args):
         guide, saved_style = breaker.load_breaker(out)
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
+        built = tuple(guide.network.cfg.conv_channels)
+        if args.channels is not None and args.channels != built:
+            sys.exit(f"error: {out} has convolution channels {','.join(map(str, built))}, not "
+                     f"{','.join(map(str, args.channels))} (use --fresh to start over with them)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
@@ -97,6 +111,7 @@ def cmd_compile(args):
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
             batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
+            config=None if args.channels is None else {"conv_channels": args.channels},
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -338,6 +353,9 @@ def build_parser():
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads for the gradient steps (default: the cores the workers leave, at least one)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,C3",
+                   help="the image embedding's convolution channels, first to last, for a new breaker "
+                        "(default: NetworkConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

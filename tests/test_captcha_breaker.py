@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import infcomp
 from infcomp.cli import main
 from infcomp_models.captcha import get_style
 from infcomp_models.captcha.breaker import char_accuracy, char_confusions, describe_confusions, load_image
@@ -33,6 +35,25 @@ def test_compile_resumes(breaker, capsys):
 def test_compile_refuses_another_styles_file(breaker, capsys):
     with pytest.raises(SystemExit, match="is a breaker for style 'baidu2011', not 'ebay'"):
         main(["compile", "--style", "ebay", "--traces", "64", "--out", str(breaker), "--quiet"])
+
+
+def test_compile_channels_build_the_cnn_and_a_resume_keeps_them(tmp_path, capsys):
+    path = tmp_path / "wide.pt"
+    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
+                 "--channels", "8,16,24", "--seed", "0", "--quiet"]) == 0
+    guide = infcomp.load(path)
+    convs = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 24, 24]
+    assert guide.network.embed.memory_dim == 24 * 4
+    with pytest.raises(SystemExit, match="has convolution channels 8,16,24, not 16,32,64"):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "16,32,64",
+              "--quiet"])
+    with pytest.raises(SystemExit):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "8,16"])
+    assert "expected three positive integers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"conv_channels \(12, 16, 24\): with conv_norm each must be a multiple of 8"):
+        infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
+                        config={"conv_channels": (12, 16, 24)})
 
 
 def test_break_files_named_by_their_labels(breaker, tmp_path, capsys):

@@ -40,6 +40,13 @@ class CNNEmbedding(nn.Module):
 
     def __init__(self, shape, dim, channels=(16, 32, 64), grid=(4, 16), norm=True):
         super().__init__()
+        channels = tuple(channels)
+        if len(channels) != 3 or min(channels) < 1:
+            raise ValueError(f"conv_channels must be three positive channel counts, got {channels}")
+        if norm and any(c % self.GROUPS for c in channels):
+            raise ValueError(
+                f"conv_channels {channels}: with conv_norm each must be a multiple of {self.GROUPS} (the GroupNorm's groups)"
+            )
         in_ch = 1 if len(shape) == 2 else shape[0]
         self.add_channel = len(shape) == 2
         c1, c2, c3 = channels
@@ -66,11 +73,11 @@ class CNNEmbedding(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_embedding(shape, dim, conv_norm=True):
+def default_embedding(shape, dim, conv_norm=True, conv_channels=(16, 32, 64)):
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim, norm=conv_norm)
+        return CNNEmbedding(shape, dim, channels=tuple(conv_channels), norm=conv_norm)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -80,7 +87,8 @@ def default_embedding(shape, dim, conv_norm=True):
 class ObservationEmbedding(nn.Module):
     """``{site: [B, *shape]}`` -> ``[B, dim]``."""
 
-    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True):
+    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True,
+                 conv_channels=(16, 32, 64)):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom
@@ -98,7 +106,7 @@ class ObservationEmbedding(nn.Module):
             self.memory_dim = self.memory_len = 0
         else:
             self.dim = dim
-            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim, conv_norm) for n in self.names)
+            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels) for n in self.names)
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None
         cnns = [e for e in getattr(self, "embeds", []) if isinstance(e, CNNEmbedding)]
         self.memory_dim = cnns[0].memory_dim if cnns else 0

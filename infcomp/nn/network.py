@@ -47,6 +47,7 @@ class NetworkConfig:
     mixture_components: int = 3
     balance_gradients: bool = True  # see infcomp.nn.balance
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
+    conv_channels: tuple = (16, 32, 64)  # the image embedding's channels, first convolution to last
 
     def to_dict(self):
         return asdict(self)
@@ -123,7 +124,7 @@ class InferenceNetwork(nn.Module):
         self.cfg = cfg or NetworkConfig()
         self.obs_specs = dict(obs_specs)
         self.families = make_families(self.cfg.mixture_components)
-        self.embed = ObservationEmbedding(self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm)
+        self.embed = ObservationEmbedding(self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels)
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
