@@ -106,7 +106,9 @@ class ObservationEmbedding(nn.Module):
             self.memory_dim = self.memory_len = 0
         else:
             self.dim = dim
-            self.embeds = nn.ModuleList(default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels) for n in self.names)
+            self.embeds = nn.ModuleList(
+                default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels) for n in self.names
+            )
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None
         cnns = [e for e in getattr(self, "embeds", []) if isinstance(e, CNNEmbedding)]
         self.memory_dim = cnns[0].memory_dim if cnns else 0

@@ -124,7 +124,9 @@ class InferenceNetwork(nn.Module):
         self.cfg = cfg or NetworkConfig()
         self.obs_specs = dict(obs_specs)
         self.families = make_families(self.cfg.mixture_components)
-        self.embed = ObservationEmbedding(self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels)
+        self.embed = ObservationEmbedding(
+            self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels
+        )
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
