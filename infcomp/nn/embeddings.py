@@ -37,8 +37,9 @@ class CNNEmbedding(nn.Module):
     """
 
     GROUPS = 8
+    CHANNELS = (16, 32, 64)
 
-    def __init__(self, shape, dim, channels=(16, 32, 64), grid=(4, 16), norm=True):
+    def __init__(self, shape, dim, channels=CHANNELS, grid=(4, 16), norm=True):
         super().__init__()
         channels = tuple(channels)
         if len(channels) != 3 or min(channels) < 1:
@@ -73,11 +74,11 @@ class CNNEmbedding(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_embedding(shape, dim, conv_norm=True, conv_channels=(16, 32, 64)):
+def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHANNELS):
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim, channels=tuple(conv_channels), norm=conv_norm)
+        return CNNEmbedding(shape, dim, channels=conv_channels, norm=conv_norm)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -88,7 +89,7 @@ class ObservationEmbedding(nn.Module):
     """``{site: [B, *shape]}`` -> ``[B, dim]``."""
 
     def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True,
-                 conv_channels=(16, 32, 64)):
+                 conv_channels=CNNEmbedding.CHANNELS):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..traces import SiteSpec
 from .balance import GradientBalancer
-from .embeddings import ObservationEmbedding
+from .embeddings import CNNEmbedding, ObservationEmbedding
 from .proposals import FAMILY_NAMES, make_families
 
 __all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork"]
@@ -47,7 +47,7 @@ class NetworkConfig:
     mixture_components: int = 3
     balance_gradients: bool = True  # see infcomp.nn.balance
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
-    conv_channels: tuple = (16, 32, 64)  # the image embedding's channels, first convolution to last
+    conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
 
     def to_dict(self):
         return asdict(self)
