@@ -55,7 +55,7 @@ class Trainer:
         core = [p for n, p in net.named_parameters() if not n.startswith("sites.")]
         self.optimizer = torch.optim.Adam([{"params": core}], lr=lr)
         for name in net.specs:  # one group per address, in the order the addresses were added
-            self.optimizer.add_param_group({"params": list(net.site(name).parameters())})
+            self.optimizer.add_param_group({"params": net.own_parameters(name)})
         if guide.optimizer_state is not None:
             self.optimizer.load_state_dict(copy.deepcopy(guide.optimizer_state))
             for g in self.optimizer.param_groups:

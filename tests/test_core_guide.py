@@ -200,6 +200,36 @@ def test_new_addresses_keep_optimizer_state():
     assert int(trainer.optimizer.state[lstm_w]["step"]) == int(state_before["step"]) + 1
     assert int(trainer.optimizer.state[x0]["step"]) == 2
     assert int(trainer.optimizer.state[net.site("x_5").address]["step"]) == 1
+    # x_5 arrives with the head x_0 .. x_1 trained (addresses that differ only in their numbers share it)
+    assert int(trainer.optimizer.state[net.site("x_5").head1.weight]["step"]) == 2
+
+
+def test_numbered_addresses_share_value_embedding_and_head(branching_guide, tmp_path):
+    net = branching_guide.network
+    xs = [net.site(n) for n in net.specs if n.startswith("x_")]
+    assert len(xs) >= 3
+    for m in xs[1:]:
+        assert m.head1 is xs[0].head1 and m.head2 is xs[0].head2 and m.value is xs[0].value
+        assert m.address is not xs[0].address  # each address keeps its own embedding
+    assert net.site("n").head1 is not xs[0].head1  # another name: its own head
+    distinct = {id(p) for p in net.parameters()}
+    in_groups = [id(p) for n in net.specs for p in net.own_parameters(n)]
+    assert len(in_groups) == len(set(in_groups))  # the optimiser gets each shared weight once
+    assert set(in_groups) <= distinct
+
+    path = tmp_path / "branching.pt"
+    branching_guide.save(path)
+    loaded = infcomp.load(path).network
+    assert loaded.site("x_2").head1 is loaded.site("x_0").head1
+    # files saved before the setting existed were built with a head per address, and load so
+    data = torch.load(path, weights_only=True)
+    del data["config"]["share_heads"]
+    torch.save(data, path)
+    old = infcomp.load(path).network
+    assert not old.cfg.share_heads and old.site("x_2").head1 is not old.site("x_0").head1
+    separate = infcomp.compile(poisson_branching, observe="y", num_traces=256, seed=1, workers=0, progress=False,
+                               config={"share_heads": False}).network
+    assert separate.site("x_1").head1 is not separate.site("x_0").head1
 
 
 def test_seed_makes_training_reproducible():

@@ -7,7 +7,11 @@ that lets heads extrapolate linearly in the observation, past the LSTM's
 saturating gates), feeds address ``t``'s proposal head.  Every address owns a
 small :class:`SiteModule` (address embedding, value embedding, head), made the
 first time the address is met; :meth:`InferenceNetwork.add_site` returns the new
-parameters so the optimiser takes them on without losing its state.
+parameters so the optimiser takes them on without losing its state.  Addresses
+that differ only in their numbers and share a signature (``letter_0``,
+``letter_1``, ...: see :func:`head_key`) share one value embedding and one head,
+as a sequence model shares its output layer across positions; each keeps its own
+address embedding and attention query, so the head still knows where it is.
 
 Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch` in one LSTM
 call: traces of every structure are laid side by side, padded at the end (the
@@ -21,6 +25,7 @@ observation and the address folded into per-address constants.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,7 +37,7 @@ from .balance import GradientBalancer
 from .embeddings import CNNEmbedding, ObservationEmbedding
 from .proposals import FAMILY_NAMES, make_families
 
-__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork"]
+__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork", "head_key"]
 
 
 @dataclass
@@ -48,21 +53,35 @@ class NetworkConfig:
     balance_gradients: bool = True  # see infcomp.nn.balance
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
+    share_heads: bool = True  # addresses with equal head_key share value embedding and head
+
 
     def to_dict(self):
         return asdict(self)
 
 
-class SiteModule(nn.Module):
-    """Everything the network owns for one address."""
+def head_key(spec: SiteSpec) -> tuple:
+    """Addresses with equal keys share a value embedding and a proposal head: names equal but for
+    their numbers (``letter_0``, ``letter_1``; ``x[2]``, ``x[3]``) and equal signatures."""
+    return re.sub(r"\d+", "#", spec.name), spec.signature
 
-    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int, memory_dim: int = 0):
+
+class SiteModule(nn.Module):
+    """Everything the network keeps for one address; with ``like``, the value embedding and head
+    are that module's (shared), and only the address embedding and query are this address's own."""
+
+    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int, memory_dim: int = 0, like=None):
         super().__init__()
         self.address = nn.Parameter(torch.randn(cfg.address_dim) * 0.1)
-        self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
         if memory_dim:  # where this address looks in the image, before the LSTM state refines it
             self.query = nn.Parameter(torch.randn(Attention.DIM) * 0.1)
         self.has_head = family.has_head
+        if like is not None:
+            self.value = like.value
+            if family.has_head:
+                self.head1, self.head2 = like.head1, like.head2
+            return
+        self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
         if family.has_head:
             n_out = max(1, math.prod(spec.value_shape)) * family.num_params(spec)
             self.head1 = nn.Linear(cfg.hidden + obs_dim + memory_dim, cfg.head_hidden)
@@ -109,7 +128,7 @@ class Attention(nn.Module):
 
 def grouped_linear(x, layers, address, slot, num_slots):
     """Row ``r`` of ``x`` through ``layers[address[r]]``: ``[R, in] -> [R, out]``, one batched matmul."""
-    if len(layers) == 1:
+    if all(l is layers[0] for l in layers):  # one address, or addresses sharing their head
         return F.linear(x, layers[0].weight, layers[0].bias)
     w = torch.stack([l.weight for l in layers])  # [U, out, in]
     b = torch.stack([l.bias for l in layers])  # [U, out]
@@ -136,6 +155,8 @@ class InferenceNetwork(nn.Module):
         self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
+        self._first: dict[tuple, SiteModule] = {}  # head_key -> the module whose head the others share
+        self._like: dict[str, SiteModule] = {}  # address -> the module it shares with
 
     # -- the address table ------------------------------------------------------
     def add_site(self, spec: SiteSpec) -> list:
@@ -143,15 +164,26 @@ class InferenceNetwork(nn.Module):
         if spec.name in self.specs:
             raise ValueError(f"site {spec.name!r} already has a head")
         key = str(len(self.sites))
-        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim, self.embed.memory_dim)
+        like = self._first.get(head_key(spec)) if self.cfg.share_heads else None
+        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim, self.embed.memory_dim, like)
         module.to(self.family_embedding.weight.device)
         self.sites[key] = module
         self._keys[spec.name] = key
         self.specs[spec.name] = spec
-        return list(module.parameters())
+        if like is None:
+            self._first[head_key(spec)] = module
+        else:
+            self._like[spec.name] = like
+        return self.own_parameters(spec.name)
 
     def site(self, name) -> SiteModule:
         return self.sites[self._keys[name]]
+
+    def own_parameters(self, name) -> list:
+        """The parameters address ``name`` brought; what it shares belongs to the address met first."""
+        like = self._like.get(name)
+        shared = set() if like is None else {id(p) for p in like.parameters()}
+        return [p for p in self.site(name).parameters() if id(p) not in shared]
 
     # -- training ---------------------------------------------------------------
     def log_q(self, batch) -> torch.Tensor:
