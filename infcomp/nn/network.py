@@ -55,7 +55,6 @@ class NetworkConfig:
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
 
-
     def to_dict(self):
         return asdict(self)
 
