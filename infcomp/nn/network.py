@@ -154,8 +154,7 @@ class InferenceNetwork(nn.Module):
         self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
-        self._first: dict[tuple, SiteModule] = {}  # head_key -> the module whose head the others share
-        self._like: dict[str, SiteModule] = {}  # address -> the module it shares with
+        self._first: dict[tuple, str] = {}  # head_key -> the address whose head the others share
 
     # -- the address table ------------------------------------------------------
     def add_site(self, spec: SiteSpec) -> list:
@@ -163,24 +162,26 @@ class InferenceNetwork(nn.Module):
         if spec.name in self.specs:
             raise ValueError(f"site {spec.name!r} already has a head")
         key = str(len(self.sites))
-        like = self._first.get(head_key(spec)) if self.cfg.share_heads else None
+        like = self._shares_with(spec)
         module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim, self.embed.memory_dim, like)
         module.to(self.family_embedding.weight.device)
         self.sites[key] = module
         self._keys[spec.name] = key
         self.specs[spec.name] = spec
-        if like is None:
-            self._first[head_key(spec)] = module
-        else:
-            self._like[spec.name] = like
+        self._first.setdefault(head_key(spec), spec.name)
         return self.own_parameters(spec.name)
 
     def site(self, name) -> SiteModule:
         return self.sites[self._keys[name]]
 
+    def _shares_with(self, spec: SiteSpec):
+        """The module of an earlier address whose value embedding and head ``spec``'s address shares, or None."""
+        first = self._first.get(head_key(spec)) if self.cfg.share_heads else None
+        return None if first is None or first == spec.name else self.site(first)
+
     def own_parameters(self, name) -> list:
         """The parameters address ``name`` brought; what it shares belongs to the address met first."""
-        like = self._like.get(name)
+        like = self._shares_with(self.specs[name])
         shared = set() if like is None else {id(p) for p in like.parameters()}
         return [p for p in self.site(name).parameters() if id(p) not in shared]
 
