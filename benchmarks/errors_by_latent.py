@@ -8,7 +8,9 @@ quantile bin of its value (continuous sites: ``--bins`` bins of equal count; rot
 absolute value; discrete sites: per value). Errors that pile up in one corner of the prior (the
 smallest fonts, the strongest warps) point at draws that may be unreadable; errors spread over
 every bin point at a breaker that has not learnt enough yet. Letters are left out (they are what
-is read).
+is read); instead, per letter count, the share of each position's letter read right, and how often
+the reading has the right length. Letters that fall off after the first point at a reader that
+loses its place along the line.
 """
 
 from __future__ import annotations
@@ -26,18 +28,29 @@ from infcomp_models.captcha.style import latent_values
 
 
 def read_draws(guide, style, n, seed):
-    """``(latents {site: [n] array}, correct [n] bool)``; sites a draw lacks are NaN there."""
-    draws, correct = [], []
+    """``(latents {site: [n] array}, [(label, reading)] * n)``; sites a draw lacks are NaN there."""
+    draws, pairs = [], []
     for i in range(n):
         pyro.set_rng_seed(seed + i)
         trace = poutine.trace(style.model).get_trace()
         values = latent_values(trace)
         reading = style.reading(infcomp.greedy(style.model, guide, trace.nodes["image"]["value"]))
-        correct.append(reading == style.reading(values))
+        pairs.append((style.reading(values), reading))
         draws.append({k: float(v) for k, v in values.items() if not k.startswith("letter_")})
     names = list(dict.fromkeys(k for d in draws for k in d))
     latents = {k: np.array([d.get(k, np.nan) for d in draws]) for k in names}
-    return latents, np.array(correct)
+    return latents, pairs
+
+
+def position_rates(pairs):
+    """``{letter count: (draws, [share right at each position])}``: a position is right when the
+    reading has the label's letter there (whatever the reading's length)."""
+    out = {}
+    for length in sorted({len(label) for label, _ in pairs}):
+        these = [(label, r) for label, r in pairs if len(label) == length]
+        right = [np.mean([j < len(r) and r[j] == label[j] for label, r in these]) for j in range(length)]
+        out[length] = (len(these), right)
+    return out
 
 
 def binned_rates(x, correct, bins):
@@ -62,7 +75,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     guide, style = load_breaker(args.breaker)
-    latents, correct = read_draws(guide, style, args.n, args.seed)
+    latents, pairs = read_draws(guide, style, args.n, args.seed)
+    correct = np.array([label == r for label, r in pairs])
     print(f"{style.name}: {guide.traces_trained} traces trained; greedy recognition {correct.mean():.1%} "
           f"on {args.n} draws; per latent, the rate in each bin (value range: rate)")
     for name, x in latents.items():
@@ -72,6 +86,10 @@ def main():
         spread = max(r for _, r, _ in cells) - min(r for _, r, _ in cells)
         print(f"{name:14s} " + "  ".join(f"{label}: {rate:.0%}" for label, rate, _ in cells)
               + f"   (spread {spread:.0%})")
+    right_length = np.mean([len(label) == len(r) for label, r in pairs])
+    print(f"letters right by position (the reading has the right length in {right_length:.0%} of draws)")
+    for length, (count, right) in position_rates(pairs).items():
+        print(f"{length} letters ({count:4d} draws) " + "  ".join(f"{x:.0%}" for x in right))
 
 
 if __name__ == "__main__":
