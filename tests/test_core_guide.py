@@ -97,9 +97,12 @@ def image_model(image=None):
     pyro.sample("image", dist.Normal(picture, 0.1).to_event(2), obs=image)
 
 
-def test_inference_proposals_match_training_pass_with_image_attention():
-    guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False)
+@pytest.mark.parametrize("column_rnn", [0, 8])
+def test_inference_proposals_match_training_pass_with_image_attention(column_rnn):
+    guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False,
+                            config={"column_rnn": column_rnn})
     assert guide.network.attention is not None
+    assert (guide.network.attention.columns is not None) == bool(column_rnn)
     sampler = PriorSampler(image_model, "image")
     assert_step_by_step_matches_batch(guide, image_model, "image", [sampler.sample() for _ in range(6)])
 

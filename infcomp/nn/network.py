@@ -54,6 +54,7 @@ class NetworkConfig:
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
+    column_rnn: int = 0  # if > 0, a bidirectional GRU of this width per direction runs along the image's columns before attention keys them
 
     def to_dict(self):
         return asdict(self)
@@ -93,18 +94,26 @@ class Attention(nn.Module):
 
     What an address depends on sits at different places in different images; attention lets
     its head look there instead of decoding it from one global summary of the image.
+
+    With ``column_rnn``, a bidirectional GRU runs along the columns first and each column's key
+    sees what lies left and right of it (as in attention-based text recognisers: CNN, then a
+    BiLSTM over columns, then attention), so a key can say "the third glyph from the left",
+    not only "column 7"; what a step reads (the value) is still the column itself.
     """
 
     DIM = 64
 
-    def __init__(self, hidden, memory_dim, memory_len, dim=DIM):
+    def __init__(self, hidden, memory_dim, memory_len, dim=DIM, column_rnn=0):
         super().__init__()
-        self.key = nn.Linear(memory_dim, dim)
+        self.columns = nn.GRU(memory_dim, column_rnn, batch_first=True, bidirectional=True) if column_rnn else None
+        self.key = nn.Linear(memory_dim + 2 * column_rnn, dim)
         self.position = nn.Parameter(torch.randn(memory_len, dim) * 0.1)
         self.query = nn.Linear(hidden, dim)
         self.scale = dim**-0.5
 
     def keys(self, memory):
+        if self.columns is not None:
+            memory = torch.cat([memory, self.columns(memory)[0]], -1)
         return self.key(memory) + self.position
 
     def read(self, h, address_query, keys, memory, trace=None, slot=None, num_slots=1):
@@ -149,7 +158,7 @@ class InferenceNetwork(nn.Module):
         c = self.cfg
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
         m = self.embed.memory_dim
-        self.attention = Attention(c.hidden, m, self.embed.memory_len) if m else None
+        self.attention = Attention(c.hidden, m, self.embed.memory_len, column_rnn=c.column_rnn) if m else None
         self.sites = nn.ModuleDict()
         self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
