@@ -1,6 +1,7 @@
 """Time one training step of a CAPTCHA breaker's network: forward and backward of -log q on a batch.
 
     python benchmarks/train_step.py [--styles baidu2011,ebay] [--batch-size 64] [--passes 8] [--runs 4]
+                                    [--config '{"column_rnn": 32}']
 
 Isolates the network's cost from trace generation (see `captcha.py` for whole compiles). On
 one thread: per style, a freshly built network, one batch of prior traces, ``--runs`` timings
@@ -13,6 +14,7 @@ run the same script against each (``git worktree add /tmp/old COMMIT`` then
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -25,9 +27,9 @@ from infcomp_models.captcha import get_style
 from infcomp_models.captcha.breaker import compile_breaker
 
 
-def time_step(style_name, batch_size, passes, runs):
+def time_step(style_name, batch_size, passes, runs, config=None):
     style = get_style(style_name)
-    guide = compile_breaker(style, num_traces=batch_size, workers=0, seed=0, progress=False)
+    guide = compile_breaker(style, num_traces=batch_size, workers=0, seed=0, progress=False, config=config)
     sampler = PriorSampler(style.model, ("image",), (), {})
     batch = collate([sampler.sample() for _ in range(batch_size)], sampler.specs)
     net = guide.network
@@ -54,11 +56,13 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--passes", type=int, default=8)
     p.add_argument("--runs", type=int, default=4)
+    p.add_argument("--config", type=json.loads, default=None, help="NetworkConfig fields as JSON")
     args = p.parse_args()
     torch.set_num_threads(1)
-    print(f"infcomp from {infcomp.__file__}; torch {torch.__version__}, one thread, batch {args.batch_size}")
+    print(f"infcomp from {infcomp.__file__}; torch {torch.__version__}, one thread, batch {args.batch_size}, "
+          f"config {args.config or 'default'}")
     for name in args.styles.split(","):
-        loss, times = time_step(name, args.batch_size, args.passes, args.runs)
+        loss, times = time_step(name, args.batch_size, args.passes, args.runs, args.config)
         med = statistics.median(times)
         print(f"{name:12s} loss {loss:.4f}  ms/batch " + " ".join(f"{t:.1f}" for t in times)
               + f"  median {med:.1f}, best {min(times):.1f}  ({1000 * args.batch_size / med:.0f} traces/s for the trainer alone)")

@@ -87,19 +87,30 @@ def _channels(text):
     return channels
 
 
+#: ``infcomp compile``'s options that set a new breaker's network (:class:`infcomp.nn.network.NetworkConfig`).
+NETWORK_OPTIONS = {"--channels": "conv_channels", "--column-rnn": "column_rnn"}
+
+
+def _show(value):
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def cmd_compile(args):
     captcha, breaker = _captcha()
     style = captcha.get_style(args.style)
     out = Path(args.out)
     guide = None
+    config = {key: getattr(args, option[2:].replace("-", "_")) for option, key in NETWORK_OPTIONS.items()}
+    config = {key: value for key, value in config.items() if value is not None}
     if out.exists() and not args.fresh:
         guide, saved_style = breaker.load_breaker(out)
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
-        built = tuple(guide.network.cfg.conv_channels)
-        if args.channels is not None and args.channels != built:
-            sys.exit(f"error: {out} has convolution channels {','.join(map(str, built))}, not "
-                     f"{','.join(map(str, args.channels))} (use --fresh to start over with them)")
+        for option, key in NETWORK_OPTIONS.items():
+            wanted, built = config.get(key), getattr(guide.network.cfg, key)
+            if wanted is not None and wanted != (tuple(built) if isinstance(wanted, tuple) else built):
+                sys.exit(f"error: {out} was built with {option} {_show(built)}, not {_show(wanted)} "
+                         "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
@@ -111,7 +122,7 @@ def cmd_compile(args):
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
             batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
-            config=None if args.channels is None else {"conv_channels": args.channels},
+            config=config or None,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -356,6 +367,9 @@ def build_parser():
     s.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,C3",
                    help="the image embedding's convolution channels, first to last, for a new breaker "
                         "(default: NetworkConfig's)")
+    s.add_argument("--column-rnn", type=int, default=None, metavar="N",
+                   help="width per direction of the bidirectional GRU along the image's columns that attention "
+                        "keys on, for a new breaker; 0 for none (default: NetworkConfig's, 32)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

@@ -123,17 +123,19 @@ def test_image_guides_normalise_convolutions_and_older_files_still_load(tmp_path
     guide = infcomp.compile(image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False)
     assert guide.network.cfg.conv_norm
     assert any(isinstance(m, torch.nn.GroupNorm) for m in guide.network.embed.modules())
-    # a file saved before the setting existed: no key in its config, no norm tensors in its network
+    assert guide.network.attention.columns is not None  # and key image columns with a GRU along them
+    # a file saved before the settings existed: no keys in its config, no norm or GRU tensors in its network
     plain = infcomp.compile(
-        image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False, config={"conv_norm": False}
+        image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False,
+        config={"conv_norm": False, "column_rnn": 0},
     )
     path = tmp_path / "plain.pt"
     plain.save(path)
     data = torch.load(path, weights_only=True)
-    del data["config"]["conv_norm"]
+    del data["config"]["conv_norm"], data["config"]["column_rnn"]
     torch.save(data, path)
     loaded = infcomp.load(path)
-    assert not loaded.network.cfg.conv_norm
+    assert not loaded.network.cfg.conv_norm and loaded.network.attention.columns is None
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in loaded.network.embed.modules())
     image = PriorSampler(image_model, "image").sample().observation["image"]
     a = infcomp.infer(image_model, plain, image, num_samples=50, seed=1)

@@ -54,7 +54,7 @@ class NetworkConfig:
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
-    column_rnn: int = 0  # if > 0, a bidirectional GRU of this width per direction runs along the image's columns before attention keys them
+    column_rnn: int = 32  # if > 0, a bidirectional GRU of this width per direction runs along the image's columns before attention keys them (see Attention)
 
     def to_dict(self):
         return asdict(self)
@@ -98,7 +98,10 @@ class Attention(nn.Module):
     With ``column_rnn``, a bidirectional GRU runs along the columns first and each column's key
     sees what lies left and right of it (as in attention-based text recognisers: CNN, then a
     BiLSTM over columns, then attention), so a key can say "the third glyph from the left",
-    not only "column 7"; what a step reads (the value) is still the column itself.
+    not only "column 7"; what a step reads (the value) is still the column itself.  Ten-minute
+    compiles from scratch, 32 per direction against none at the same step counts: wikipedia
+    validation loss 21.4 against 24.2 nats, characters read 32.6% against 23.9%; baidu2011 greedy
+    54.6% against 50.3%, its middle letters gaining most (``benchmarks/README.md``).
     """
 
     DIM = 64
@@ -158,6 +161,8 @@ class InferenceNetwork(nn.Module):
         c = self.cfg
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
         m = self.embed.memory_dim
+        if c.column_rnn < 0:
+            raise ValueError(f"column_rnn must be 0 (no GRU along the columns) or a positive width, got {c.column_rnn}")
         self.attention = Attention(c.hidden, m, self.embed.memory_len, column_rnn=c.column_rnn) if m else None
         self.sites = nn.ModuleDict()
         self.balancer = GradientBalancer() if c.balance_gradients else None
