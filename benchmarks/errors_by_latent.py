@@ -28,8 +28,9 @@ from infcomp_models.captcha.style import latent_values
 
 
 def read_draws(guide, style, n, seed):
-    """``(latents {site: [n] array}, [(label, reading)] * n)``; sites a draw lacks are NaN there."""
-    draws, pairs = [], []
+    """``(latents {site: [n] array}, discrete sites, [(label, reading)] * n)``; sites a draw lacks are
+    NaN there."""
+    draws, pairs, discrete = [], [], set()
     for i in range(n):
         pyro.set_rng_seed(seed + i)
         trace = poutine.trace(style.model).get_trace()
@@ -37,9 +38,10 @@ def read_draws(guide, style, n, seed):
         reading = style.reading(infcomp.greedy(style.model, guide, trace.nodes["image"]["value"]))
         pairs.append((style.reading(values), reading))
         draws.append({k: float(v) for k, v in values.items() if not k.startswith("letter_")})
+        discrete |= {k for k in draws[-1] if trace.nodes[k]["fn"].support.is_discrete}
     names = list(dict.fromkeys(k for d in draws for k in d))
     latents = {k: np.array([d.get(k, np.nan) for d in draws]) for k in names}
-    return latents, pairs
+    return latents, discrete, pairs
 
 
 def position_rates(pairs):
@@ -53,12 +55,13 @@ def position_rates(pairs):
     return out
 
 
-def binned_rates(x, correct, bins):
-    """``[(label, rate, count)]`` over the quantile bins (or the distinct values) of ``x``."""
+def binned_rates(x, correct, bins, discrete=False):
+    """``[(label, rate, count)]`` over the quantile bins of ``x``, or its distinct values where it is
+    ``discrete`` or takes no more than ``bins`` of them."""
     seen = ~np.isnan(x)
     x, correct = x[seen], correct[seen]
     values = np.unique(x)
-    if len(values) <= bins:
+    if discrete or len(values) <= bins:
         return [(f"{v:g}", correct[x == v].mean(), int((x == v).sum())) for v in values]
     edges = np.quantile(x, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
@@ -75,14 +78,14 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     guide, style = load_breaker(args.breaker)
-    latents, pairs = read_draws(guide, style, args.n, args.seed)
+    latents, discrete, pairs = read_draws(guide, style, args.n, args.seed)
     correct = np.array([label == r for label, r in pairs])
     print(f"{style.name}: {guide.traces_trained} traces trained; greedy recognition {correct.mean():.1%} "
           f"on {args.n} draws; per latent, the rate in each bin (value range: rate)")
     for name, x in latents.items():
         if name.startswith("rotation"):
             x, name = np.abs(x), f"|{name}|"
-        cells = binned_rates(x, correct, args.bins)
+        cells = binned_rates(x, correct, args.bins, name in discrete)
         spread = max(r for _, r, _ in cells) - min(r for _, r, _ in cells)
         print(f"{name:14s} " + "  ".join(f"{label}: {rate:.0%}" for label, rate, _ in cells)
               + f"   (spread {spread:.0%})")
