@@ -88,7 +88,7 @@ def _channels(text):
 
 
 #: ``infcomp compile``'s options that set a new breaker's network (:class:`infcomp.nn.network.NetworkConfig`).
-NETWORK_OPTIONS = {"--channels": "conv_channels", "--column-rnn": "column_rnn"}
+NETWORK_OPTIONS = {"--channels": "conv_channels", "--column-rnn": "column_rnn", "--memory-columns": "memory_columns"}
 
 
 def _show(value):
@@ -370,6 +370,9 @@ def build_parser():
     s.add_argument("--column-rnn", type=int, default=None, metavar="N",
                    help="width per direction of the bidirectional GRU along the image's columns that attention "
                         "keys on, for a new breaker; 0 for none (default: NetworkConfig's, 32)")
+    s.add_argument("--memory-columns", type=int, default=None, metavar="N",
+                   help="how many image columns attention reads (the features pooled to this width), for a new "
+                        "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

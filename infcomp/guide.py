@@ -23,7 +23,7 @@ __all__ = ["Guide", "load", "FORMAT", "VERSION"]
 FORMAT = "infcomp-guide"
 VERSION = 1
 #: What a network setting meant in files saved before the setting existed (they lack its key).
-LEGACY_CONFIG = {"conv_norm": False, "share_heads": False, "column_rnn": 0}
+LEGACY_CONFIG = {"conv_norm": False, "share_heads": False, "column_rnn": 0, "memory_columns": 16}
 
 
 class Guide:

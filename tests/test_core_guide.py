@@ -97,12 +97,13 @@ def image_model(image=None):
     pyro.sample("image", dist.Normal(picture, 0.1).to_event(2), obs=image)
 
 
-@pytest.mark.parametrize("column_rnn", [0, 8])
-def test_inference_proposals_match_training_pass_with_image_attention(column_rnn):
+@pytest.mark.parametrize("column_rnn,memory_columns", [(0, 16), (8, 16), (8, 0)])
+def test_inference_proposals_match_training_pass_with_image_attention(column_rnn, memory_columns):
     guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False,
-                            config={"column_rnn": column_rnn})
+                            config={"column_rnn": column_rnn, "memory_columns": memory_columns})
     assert guide.network.attention is not None
     assert (guide.network.attention.columns is not None) == bool(column_rnn)
+    assert guide.network.embed.memory_len == (memory_columns or 2)  # 16 pixels wide: two columns at stride 8
     sampler = PriorSampler(image_model, "image")
     assert_step_by_step_matches_batch(guide, image_model, "image", [sampler.sample() for _ in range(6)])
 
@@ -127,12 +128,12 @@ def test_image_guides_normalise_convolutions_and_older_files_still_load(tmp_path
     # a file saved before the settings existed: no keys in its config, no norm or GRU tensors in its network
     plain = infcomp.compile(
         image_model, observe="image", num_traces=128, seed=0, workers=0, progress=False,
-        config={"conv_norm": False, "column_rnn": 0},
+        config={"conv_norm": False, "column_rnn": 0, "memory_columns": 16},
     )
     path = tmp_path / "plain.pt"
     plain.save(path)
     data = torch.load(path, weights_only=True)
-    del data["config"]["conv_norm"], data["config"]["column_rnn"]
+    del data["config"]["conv_norm"], data["config"]["column_rnn"], data["config"]["memory_columns"]
     torch.save(data, path)
     loaded = infcomp.load(path)
     assert not loaded.network.cfg.conv_norm and loaded.network.attention.columns is None

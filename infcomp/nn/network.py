@@ -54,6 +54,7 @@ class NetworkConfig:
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
+    memory_columns: int = 0  # image columns attention reads: features pooled to this width (0: the CNN's own, width/8)
     column_rnn: int = 32  # if > 0, a bidirectional GRU of this width per direction runs along the image's columns before attention keys them (see Attention)
 
     def to_dict(self):
@@ -156,7 +157,8 @@ class InferenceNetwork(nn.Module):
         self.obs_specs = dict(obs_specs)
         self.families = make_families(self.cfg.mixture_components)
         self.embed = ObservationEmbedding(
-            self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels
+            self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels,
+            self.cfg.memory_columns,
         )
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
