@@ -87,6 +87,16 @@ def _channels(text):
     return channels
 
 
+def _count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return n
+
+
 #: ``infcomp compile``'s options that set a new breaker's network (:class:`infcomp.nn.network.NetworkConfig`).
 NETWORK_OPTIONS = {"--channels": "conv_channels", "--column-rnn": "column_rnn", "--memory-columns": "memory_columns"}
 
@@ -367,10 +377,10 @@ def build_parser():
     s.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,C3",
                    help="the image embedding's convolution channels, first to last, for a new breaker "
                         "(default: NetworkConfig's)")
-    s.add_argument("--column-rnn", type=int, default=None, metavar="N",
+    s.add_argument("--column-rnn", type=_count, default=None, metavar="N",
                    help="width per direction of the bidirectional GRU along the image's columns that attention "
                         "keys on, for a new breaker; 0 for none (default: NetworkConfig's, 32)")
-    s.add_argument("--memory-columns", type=int, default=None, metavar="N",
+    s.add_argument("--memory-columns", type=_count, default=None, metavar="N",
                    help="how many image columns attention reads (the features pooled to this width), for a new "
                         "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
     s.add_argument("--checkpoint-every", type=float, default=5.0,

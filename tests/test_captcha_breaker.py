@@ -58,6 +58,9 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     with pytest.raises(SystemExit):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "8,16"])
     assert "expected three positive integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "-3"])
+    assert "--column-rnn: expected 0 or a positive integer, got '-3'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"conv_channels \(12, 16, 24\): with conv_norm each must be a multiple of 8"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
                         config={"conv_channels": (12, 16, 24)})

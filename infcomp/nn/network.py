@@ -55,7 +55,7 @@ class NetworkConfig:
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
     memory_columns: int = 0  # image columns attention reads: features pooled to this width (0: the CNN's own, width/8)
-    column_rnn: int = 32  # if > 0, a bidirectional GRU of this width per direction runs along the image's columns before attention keys them (see Attention)
+    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the columns (see Attention)
 
     def to_dict(self):
         return asdict(self)
