@@ -43,10 +43,11 @@ class CNNEmbedding(nn.Module):
 
     GROUPS = 8
     CHANNELS = (16, 32, 64)
+    STRIDE = 8  # three stride-2 convolutions: a feature column per 8 pixels
+    ROWS = 4  # the features are pooled to this many rows ...
+    COLUMNS = 0  # ... and this many columns; 0 keeps the convolutions' own width
 
-    def __init__(self, shape, dim, channels=CHANNELS, grid=(4, 16), norm=True):
-        """``grid``: the (rows, columns) the features are pooled to; columns 0 keeps the convolutions'
-        own width (the image's width over 8, rounded up)."""
+    def __init__(self, shape, dim, channels=CHANNELS, columns=COLUMNS, norm=True):
         super().__init__()
         channels = tuple(channels)
         if len(channels) != 3 or min(channels) < 1:
@@ -63,12 +64,11 @@ class CNNEmbedding(nn.Module):
             conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
             return [conv, nn.GroupNorm(self.GROUPS, c_out), nn.ReLU()] if norm else [conv, nn.ReLU()]
 
-        if grid[1] < 0:
+        if columns < 0:
             raise ValueError(
-                f"memory_columns must be 0 (the convolutions' own width) or a positive count, got {grid[1]}"
+                f"memory_columns must be 0 (the convolutions' own width) or a positive count, got {columns}"
             )
-        if not grid[1]:
-            grid = (grid[0], -(-shape[-1] // 8))
+        grid = (self.ROWS, columns or -(-shape[-1] // self.STRIDE))
         self.features = nn.Sequential(
             *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, 2), *block(c3, c3, 3, 1),
             nn.AdaptiveAvgPool2d(grid),
@@ -87,11 +87,12 @@ class CNNEmbedding(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHANNELS, memory_columns=16):
+def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHANNELS,
+                      memory_columns=CNNEmbedding.COLUMNS):
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim, channels=conv_channels, norm=conv_norm, grid=(4, memory_columns))
+        return CNNEmbedding(shape, dim, channels=conv_channels, columns=memory_columns, norm=conv_norm)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -102,7 +103,7 @@ class ObservationEmbedding(nn.Module):
     """``{site: [B, *shape]}`` -> ``[B, dim]``."""
 
     def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True,
-                 conv_channels=CNNEmbedding.CHANNELS, memory_columns=16):
+                 conv_channels=CNNEmbedding.CHANNELS, memory_columns=CNNEmbedding.COLUMNS):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom

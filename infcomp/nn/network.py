@@ -54,7 +54,7 @@ class NetworkConfig:
     conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
-    memory_columns: int = 0  # image columns attention reads: features pooled to this width (0: the CNN's own, width/8)
+    memory_columns: int = CNNEmbedding.COLUMNS  # image columns attention reads (0: the CNN's own, width / 8)
     column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the columns (see Attention)
 
     def to_dict(self):
