@@ -379,7 +379,7 @@ def build_parser():
                         "(default: NetworkConfig's)")
     s.add_argument("--column-rnn", type=_count, default=None, metavar="N",
                    help="width per direction of the bidirectional GRU along the image's columns that attention "
-                        "keys on, for a new breaker; 0 for none (default: NetworkConfig's, 32)")
+                        "keys on, for a new breaker; 0 for none (default: NetworkConfig's)")
     s.add_argument("--memory-columns", type=_count, default=None, metavar="N",
                    help="how many image columns attention reads (the features pooled to this width), for a new "
                         "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
