@@ -1,7 +1,8 @@
 """CAPTCHA breakers per style: rendering speed, training speed, recognition, read time, memory.
 
     python benchmarks/captcha.py [--styles baidu2011,ebay] [--minutes 5] [--n 1000]
-                                 [--posterior-n 100] [--particles 100] [--echo 3] [--out out/bench] [--json]
+                                 [--posterior-n 100] [--particles 100] [--echo 3] [--out out/bench]
+                                 [--compile-options "--column-pixels 4"] [--json]
 
 For each style: renders/s on one core (the renderer alone) and prior traces/s on one core
 (the whole Pyro model: sampling, rendering, the ABC kernel); then it compiles a breaker for
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -65,10 +67,10 @@ def traces_per_second(style, seconds=2.0):
     return n / (time.perf_counter() - t0)
 
 
-def compile_in_child(style, minutes, out, echo=None):
+def compile_in_child(style, minutes, out, echo=None, options=()):
     """Run `infcomp compile` in a child process, so its peak memory (and its workers') is measurable."""
     cmd = [sys.executable, "-m", "infcomp.cli", "compile", "--style", style, "--minutes", str(minutes),
-           "--out", str(out), "--quiet"] + ([] if echo is None else ["--echo", str(echo)])
+           "--out", str(out), "--quiet"] + ([] if echo is None else ["--echo", str(echo)]) + list(options)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -93,6 +95,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--echo", type=float, default=None,
                    help="data echoing factor for the compiles (infcomp compile --echo; default the breaker's, 3)")
+    p.add_argument("--compile-options", default="", metavar="'--OPTION VALUE ...'",
+                   help="more `infcomp compile` options, e.g. '--column-pixels 4' (network options set a new "
+                        "breaker; a resumed one must have been built with them)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -105,7 +110,8 @@ def main(argv=None):
         row = {"style": name, "size": f"{style.width}x{style.height}"}
         row["renders_per_s"] = renders_per_second(style)
         row["model_traces_per_s"] = traces_per_second(style)
-        msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo)
+        msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo,
+                                                 shlex.split(args.compile_options))
         guide, style = load_breaker(out / f"{name}.pt")
         row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained)
         run = guide.last_run

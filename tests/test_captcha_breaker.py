@@ -40,13 +40,13 @@ def test_compile_refuses_another_styles_file(breaker, capsys):
 def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_path, capsys):
     path = tmp_path / "wide.pt"
     assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
-                 "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--seed", "0", "--quiet"]) == 0
+                 "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4", "--seed", "0", "--quiet"]) == 0
     guide = infcomp.load(path)
     convs = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 24, 24]
     assert guide.network.embed.memory_dim == 24 * 4
     assert guide.network.attention.columns.hidden_size == 4
-    assert guide.network.embed.memory_len == 12  # the convolutions' own width: 96 pixels over 8
+    assert guide.network.embed.memory_len == 24  # the convolutions' own width: 96 pixels over 4
     with pytest.raises(SystemExit, match="was built with --channels 8,16,24, not 16,32,64"):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "16,32,64",
               "--quiet"])
@@ -67,6 +67,8 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     with pytest.raises(ValueError, match="memory_columns must be 0 .* got -2"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
                         config={"memory_columns": -2})
+    with pytest.raises(ValueError, match="column_pixels must be 8 or 4, got 2"):
+        infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_pixels": 2})
     with pytest.raises(ValueError, match="column_rnn must be 0 .* got -1"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_rnn": -1})
 

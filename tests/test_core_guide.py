@@ -97,13 +97,14 @@ def image_model(image=None):
     pyro.sample("image", dist.Normal(picture, 0.1).to_event(2), obs=image)
 
 
-@pytest.mark.parametrize("column_rnn,memory_columns", [(0, 16), (8, 16), (8, 0)])
-def test_inference_proposals_match_training_pass_with_image_attention(column_rnn, memory_columns):
+@pytest.mark.parametrize("column_rnn,memory_columns,column_pixels", [(0, 16, 8), (8, 16, 8), (8, 0, 8), (8, 0, 4)])
+def test_inference_proposals_match_training_pass_with_image_attention(column_rnn, memory_columns, column_pixels):
     guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False,
-                            config={"column_rnn": column_rnn, "memory_columns": memory_columns})
+                            config={"column_rnn": column_rnn, "memory_columns": memory_columns,
+                                    "column_pixels": column_pixels})
     assert guide.network.attention is not None
     assert (guide.network.attention.columns is not None) == bool(column_rnn)
-    assert guide.network.embed.memory_len == (memory_columns or 2)  # 16 pixels wide: two columns at stride 8
+    assert guide.network.embed.memory_len == (memory_columns or 16 // column_pixels)  # the image is 16 pixels wide
     sampler = PriorSampler(image_model, "image")
     assert_step_by_step_matches_batch(guide, image_model, "image", [sampler.sample() for _ in range(6)])
 

@@ -48,7 +48,7 @@ class CNNEmbedding(nn.Module):
     ROWS = 4  # the features are pooled to this many rows ...
     COLUMNS = 0  # ... and this many columns; 0 keeps the convolutions' own width
 
-    def __init__(self, shape, dim, channels=CHANNELS, columns=COLUMNS, norm=True):
+    def __init__(self, shape, dim, channels=CHANNELS, columns=COLUMNS, norm=True, column_pixels=STRIDE):
         super().__init__()
         channels = tuple(channels)
         if len(channels) != 3 or min(channels) < 1:
@@ -69,9 +69,12 @@ class CNNEmbedding(nn.Module):
             raise ValueError(
                 f"memory_columns must be 0 (the convolutions' own width) or a positive count, got {columns}"
             )
-        grid = (self.ROWS, columns or -(-shape[-1] // self.STRIDE))
+        if column_pixels not in (self.STRIDE, self.STRIDE // 2):
+            raise ValueError(f"column_pixels must be {self.STRIDE} or {self.STRIDE // 2}, got {column_pixels}")
+        grid = (self.ROWS, columns or -(-shape[-1] // column_pixels))
+        last = (2, 2 * column_pixels // self.STRIDE)  # (2, 1): the last convolution keeps the width
         self.features = nn.Sequential(
-            *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, 2), *block(c3, c3, 3, 1),
+            *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, last), *block(c3, c3, 3, 1),
             nn.AdaptiveAvgPool2d(grid),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
@@ -89,11 +92,12 @@ class CNNEmbedding(nn.Module):
 
 
 def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHANNELS,
-                      memory_columns=CNNEmbedding.COLUMNS):
+                      memory_columns=CNNEmbedding.COLUMNS, column_pixels=CNNEmbedding.STRIDE):
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim, channels=conv_channels, columns=memory_columns, norm=conv_norm)
+        return CNNEmbedding(shape, dim, channels=conv_channels, columns=memory_columns, norm=conv_norm,
+                            column_pixels=column_pixels)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -104,7 +108,8 @@ class ObservationEmbedding(nn.Module):
     """``{site: [B, *shape]}`` -> ``[B, dim]``."""
 
     def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True,
-                 conv_channels=CNNEmbedding.CHANNELS, memory_columns=CNNEmbedding.COLUMNS):
+                 conv_channels=CNNEmbedding.CHANNELS, memory_columns=CNNEmbedding.COLUMNS,
+                 column_pixels=CNNEmbedding.STRIDE):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom
@@ -123,7 +128,7 @@ class ObservationEmbedding(nn.Module):
         else:
             self.dim = dim
             self.embeds = nn.ModuleList(
-                default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels, memory_columns)
+                default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels, memory_columns, column_pixels)
                 for n in self.names
             )
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None

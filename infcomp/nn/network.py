@@ -55,6 +55,7 @@ class NetworkConfig:
     conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
     memory_columns: int = CNNEmbedding.COLUMNS  # image columns attention reads (0: the CNN's own, width / 8)
+    column_pixels: int = CNNEmbedding.STRIDE  # pixels per image column: 8, or 4 (the last stride-2 convolution keeps the width)
     column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the columns (see Attention)
 
     def to_dict(self):
@@ -158,7 +159,7 @@ class InferenceNetwork(nn.Module):
         self.families = make_families(self.cfg.mixture_components)
         self.embed = ObservationEmbedding(
             self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels,
-            self.cfg.memory_columns,
+            self.cfg.memory_columns, self.cfg.column_pixels,
         )
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
