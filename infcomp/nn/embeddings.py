@@ -33,7 +33,8 @@ class CNNEmbedding(nn.Module):
     width: a column per 8 pixels (23 for a 180-pixel CAPTCHA), where a fixed 16 had blurred long
     lines and repeated columns of short ones.  Ten-minute compiles from scratch: wikipedia 48.3%
     of characters against 32.6%, baidu2011 61.7% of strings against 54.6%; after an hour wikipedia
-    read 52.6% of strings against 32.4% (``benchmarks/README.md``).
+    read 52.6% of strings against 32.4% (``benchmarks/README.md``).  ``column_pixels=4`` makes the
+    third convolution stride 2 down and 1 across: a column per 4 pixels, for about 1.5x the CNN's cost.
 
     With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
     batch of one reads exactly as in training.  It speeds up early learning: on baidu2011 the
