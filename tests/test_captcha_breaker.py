@@ -40,7 +40,8 @@ def test_compile_refuses_another_styles_file(breaker, capsys):
 def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_path, capsys):
     path = tmp_path / "wide.pt"
     assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
-                 "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4", "--seed", "0", "--quiet"]) == 0
+                 "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4",
+                 "--seed", "0", "--quiet"]) == 0
     guide = infcomp.load(path)
     convs = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 24, 24]
@@ -52,6 +53,8 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
               "--quiet"])
     with pytest.raises(SystemExit, match="was built with --column-rnn 4, not 0"):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "0", "--quiet"])
+    with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
     assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
                  "--column-rnn", "4", "--quiet"]) == 0  # the same options resume
     assert infcomp.load(path).traces_trained == 128
@@ -61,6 +64,9 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     with pytest.raises(SystemExit):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "-3"])
     assert "--column-rnn: expected 0 or a positive integer, got '-3'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "5"])
+    assert "--column-pixels: invalid choice: 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"conv_channels \(12, 16, 24\): with conv_norm each must be a multiple of 8"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
                         config={"conv_channels": (12, 16, 24)})
