@@ -385,8 +385,8 @@ def build_parser():
                    help="how many image columns attention reads (the features pooled to this width), for a new "
                         "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
     s.add_argument("--column-pixels", type=int, choices=(8, 4), default=None, metavar="{8,4}",
-                   help="pixels per image column that attention reads, for a new breaker: 8 (the default), or 4 "
-                        "with the last stride-2 convolution keeping the width")
+                   help="pixels per image column that attention reads, for a new breaker: 8, or 4 "
+                        "with the last stride-2 convolution keeping the width (default: NetworkConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")
