@@ -92,13 +92,13 @@ class CNNEmbedding(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHANNELS,
-                      memory_columns=CNNEmbedding.COLUMNS, column_pixels=CNNEmbedding.STRIDE):
+def default_embedding(shape, dim, **cnn):
+    """An MLP for scalars and vectors, a :class:`CNNEmbedding` for images; ``cnn`` holds the CNN's
+    keywords (``channels``, ``columns``, ``norm``, ``column_pixels``)."""
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):
-        return CNNEmbedding(shape, dim, channels=conv_channels, columns=memory_columns, norm=conv_norm,
-                            column_pixels=column_pixels)
+        return CNNEmbedding(shape, dim, **cnn)
     raise ValueError(
         f"no default embedding for an observation of shape {tuple(shape)}: "
         "pass your own torch.nn.Module as embedding="
@@ -106,11 +106,9 @@ def default_embedding(shape, dim, conv_norm=True, conv_channels=CNNEmbedding.CHA
 
 
 class ObservationEmbedding(nn.Module):
-    """``{site: [B, *shape]}`` -> ``[B, dim]``."""
+    """``{site: [B, *shape]}`` -> ``[B, dim]``; ``cnn``: :class:`CNNEmbedding`'s keywords for image sites."""
 
-    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, conv_norm: bool = True,
-                 conv_channels=CNNEmbedding.CHANNELS, memory_columns=CNNEmbedding.COLUMNS,
-                 column_pixels=CNNEmbedding.STRIDE):
+    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, cnn: dict | None = None):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom
@@ -129,7 +127,7 @@ class ObservationEmbedding(nn.Module):
         else:
             self.dim = dim
             self.embeds = nn.ModuleList(
-                default_embedding(obs_specs[n].shape, dim, conv_norm, conv_channels, memory_columns, column_pixels)
+                default_embedding(obs_specs[n].shape, dim, **(cnn or {}))
                 for n in self.names
             )
             self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU()) if len(self.names) > 1 else None

@@ -157,12 +157,10 @@ class InferenceNetwork(nn.Module):
         self.cfg = cfg or NetworkConfig()
         self.obs_specs = dict(obs_specs)
         self.families = make_families(self.cfg.mixture_components)
-        self.embed = ObservationEmbedding(
-            self.obs_specs, self.cfg.obs_dim, embedding, self.cfg.conv_norm, self.cfg.conv_channels,
-            self.cfg.memory_columns, self.cfg.column_pixels,
-        )
-        self.family_embedding = nn.Embedding(len(FAMILY_NAMES), self.cfg.family_dim)
         c = self.cfg
+        cnn = dict(channels=c.conv_channels, columns=c.memory_columns, norm=c.conv_norm, column_pixels=c.column_pixels)
+        self.embed = ObservationEmbedding(self.obs_specs, c.obs_dim, embedding, cnn)
+        self.family_embedding = nn.Embedding(len(FAMILY_NAMES), c.family_dim)
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
         m = self.embed.memory_dim
         if c.column_rnn < 0:
