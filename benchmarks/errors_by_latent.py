@@ -22,8 +22,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-import infcomp
-from infcomp_models.captcha.breaker import load_breaker
+from infcomp_models.captcha.breaker import load_breaker, read_greedy
 from infcomp_models.captcha.style import latent_values
 
 
@@ -35,7 +34,7 @@ def read_draws(guide, style, n, seed):
         pyro.set_rng_seed(seed + i)
         trace = poutine.trace(style.model).get_trace()
         values = latent_values(trace)
-        reading = style.reading(infcomp.greedy(style.model, guide, trace.nodes["image"]["value"]))
+        reading = read_greedy(style, guide, trace.nodes["image"]["value"])
         pairs.append((style.reading(values), reading))
         draws.append({k: float(v) for k, v in values.items() if not k.startswith("letter_")})
         discrete |= {k for k in draws[-1] if trace.nodes[k]["fn"].support.is_discrete}

@@ -16,6 +16,7 @@ import torch
 import pyro.poutine as poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import NonlocalExit
 from tqdm.auto import tqdm
 
 from .posterior import Posterior
@@ -121,15 +122,29 @@ def _importance(conditioned, guide, obs, names, num_samples, model_args, model_k
     return Posterior(log_weights, packed)
 
 
-def greedy(model, guide, observation, *, model_args=(), model_kwargs=None) -> dict:
+def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_before=()) -> dict:
     """One pass of the guide taking each proposal's most probable value: ``{site: value}``.
 
     The fast read: no sampling, no weights.  Discrete sites take their proposal's
     mode; continuous ones the centre of its leading mixture component.
+
+    :param stop_before: a site name or names: the pass ends where the model reaches the first
+        of them (``poutine.escape``), and returns the values drawn before it.  A read that needs
+        only the early sites (a CAPTCHA's letters) skips the guide's steps and the model's work
+        after them; each value drawn is the same as in the full pass.
     """
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
     obs = guide.check_observation(observation)
+    stops = frozenset((stop_before,) if isinstance(stop_before, str) else stop_before)
+    if not all(isinstance(n, str) for n in stops):
+        raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
+    run = poutine.condition(model, data=obs)
+    if stops:
+        run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
     with limited_threads(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), LogWeight(weigh=False) as lw:
-        poutine.condition(model, data=obs)(*model_args, **model_kwargs)
+        try:
+            run(*model_args, **model_kwargs)
+        except NonlocalExit:
+            pass
     return lw.values

@@ -10,7 +10,7 @@ from PIL import Image
 import infcomp
 from infcomp.cli import main
 from infcomp_models.captcha import get_style
-from infcomp_models.captcha.breaker import char_accuracy, char_confusions, describe_confusions, load_image
+from infcomp_models.captcha.breaker import char_accuracy, char_confusions, describe_confusions, load_image, read_greedy
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,17 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
     assert b"interrupted" in err
     saved = infcomp.load(path)
     assert saved.traces_trained > 0 and saved.last_run["interrupted"]
+
+
+@pytest.mark.parametrize("name", ["wikipedia", "captcha_images_v2"])  # variable length; a font per letter
+def test_greedy_read_stops_after_the_letters_and_reads_what_the_full_pass_reads(name):
+    style = get_style(name)
+    guide = infcomp.compile(style.model, "image", 64, validation_size=64, workers=0, seed=0, progress=False)
+    for seed in range(3):
+        image, _ = style.sample(seed)
+        full = infcomp.greedy(style.model, guide, image)
+        short = infcomp.greedy(style.model, guide, image, stop_before=style.after_text)
+        assert style.after_text in full
+        assert set(short) == {k for k in full if k == "num_letters" or k.startswith("letter_")}
+        assert all(torch.equal(short[k], full[k]) for k in short)
+        assert read_greedy(style, guide, image) == style.reading(full)

@@ -185,6 +185,19 @@ def test_temper_flattens_discrete_proposals_exactly():
         assert infcomp.greedy(mixed, guide, y) == mode
 
 
+def test_greedy_stops_before_the_named_site():
+    guide = infcomp.compile(mixed, observe="y", num_traces=512, seed=7, workers=0, progress=False)
+    y = torch.tensor(2.4)
+    full = infcomp.greedy(mixed, guide, y)
+    assert set(full) == {"c", "b", "u"}
+    assert infcomp.greedy(mixed, guide, y, stop_before="u") == {"c": full["c"], "b": full["b"]}
+    assert infcomp.greedy(mixed, guide, y, stop_before=["u", "b"]) == {"c": full["c"]}  # the first one reached
+    assert infcomp.greedy(mixed, guide, y, stop_before="never") == full
+    assert not pyro.poutine.runtime._PYRO_STACK  # the early exit leaves no handler behind
+    with pytest.raises(TypeError, match="stop_before must be a site name"):
+        infcomp.greedy(mixed, guide, y, stop_before=[3])
+
+
 @pytest.mark.parametrize(
     "prior",
     [

@@ -2,7 +2,7 @@
 
 Two reads:
 
-* :func:`read_greedy`: one pass of the guide taking the most probable letters (fast).
+* :func:`read_greedy`: one pass of the guide up to the last letter, taking the most probable letters (fast).
 * :func:`read_posterior`: importance sampling with the guide; readings ranked by
   posterior probability (the sum of normalised weights of the particles that spell them).
 """
@@ -97,7 +97,9 @@ def load_image(path, style) -> torch.Tensor:
 
 
 def read_greedy(style, guide, image) -> str:
-    return style.reading(infcomp.greedy(style.model, guide, image))
+    """The most probable letters, one guide step per address up to the last letter: the pass stops
+    before the font, so the layout and distortion latents after it are neither proposed nor rendered."""
+    return style.reading(infcomp.greedy(style.model, guide, image, stop_before=style.after_text))
 
 
 @dataclass

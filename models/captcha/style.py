@@ -163,6 +163,12 @@ class CaptchaStyle:
             names += lat.addresses(num_letters)
         return names + ["noise_seed", "image"]
 
+    @property
+    def after_text(self) -> str:
+        """The first address after the letters (``font``, or ``font_0`` with ``font_per_letter``):
+        a read of the text alone can stop there (``infcomp.greedy(..., stop_before=)``)."""
+        return self._font_addresses(1)[0]
+
     def _font_addresses(self, num_letters: int) -> list[str]:
         if self.font_per_letter:
             return [f"font_{i}" for i in range(num_letters)]
