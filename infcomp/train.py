@@ -12,6 +12,7 @@ resumes where it stopped, optimiser state included.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -132,8 +133,9 @@ def compile(
         trace costs about as much as a step on it; ``num_traces`` counts fresh traces.
     :param threads: torch threads for the gradient steps (default: the cores the workers leave, at least one).
     :param seed: makes the run reproducible (for a fixed number of workers).
-    :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]``.
-    :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields.
+    :param embedding: a ``torch.nn.Module`` mapping a batch of observations to ``[B, dim]`` (a new guide only).
+    :param config: a :class:`~infcomp.nn.network.NetworkConfig` or dict of its fields, for a new
+        guide; with ``guide=``, a field that differs from the guide's own is an error.
     :param lr: Adam's learning rate (default 3e-3; 1e-3 for an image embedding built without
         ``conv_norm``, whose CNN stalls on noisy images at the higher rate).  With the norm, on
         baidu2011 CAPTCHAs 2e-3 and 4e-3 reach a validation loss 3.3 and 3.6 nats below 1e-3's in
@@ -168,6 +170,10 @@ def compile(
     else:
         if tuple(guide.observe) != observe:
             raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
+        if embedding is not None:
+            raise ValueError("embedding= builds a new guide's network; the guide to resume has its own")
+        if config is not None:
+            _check_config(guide.network.cfg, config)
         guide.bind_model(model, model_args, model_kwargs)
     if lr is None:
         net = guide.network
@@ -236,6 +242,25 @@ def compile(
     if checkpoint is not None:
         guide.save(checkpoint)
     return guide
+
+
+def _check_config(built: NetworkConfig, config) -> None:
+    """A resumed guide keeps the network it was built with: a ``config=`` that asks for another is an
+    error, not ignored."""
+    have = dataclasses.asdict(built)
+    wanted = config if isinstance(config, dict) else dataclasses.asdict(config)
+
+    def plain(v):
+        return tuple(v) if isinstance(v, list) else v
+
+    for key, value in wanted.items():
+        if key not in have:
+            raise ValueError(f"config: NetworkConfig has no field {key!r}")
+        if plain(value) != plain(have[key]):
+            raise ValueError(
+                f"config: the guide to resume was built with {key}={have[key]!r}, not {value!r} "
+                "(config= sets up a new guide's network: resume without it, or compile a new guide)"
+            )
 
 
 def _finish(guide, trainer, done, seen, steps, elapsed, val, waited, interrupted=False) -> Guide:

@@ -156,6 +156,25 @@ def test_training_resumes_with_optimizer_state(guide, tmp_path):
     assert steps_after == steps_before + 10
 
 
+def test_a_resume_refuses_a_config_or_embedding_it_would_ignore(guide, tmp_path):
+    guide.save(tmp_path / "gauss.pt")
+    guide = infcomp.load(tmp_path / "gauss.pt", model=gaussian)  # a copy: the fixture stays as it is
+    hidden = guide.network.cfg.hidden
+    with pytest.raises(ValueError, match=f"built with hidden={hidden}, not {hidden + 1}"):
+        infcomp.compile(gaussian, observe="y", num_traces=64, guide=guide, workers=0, progress=False,
+                        config={"hidden": hidden + 1})
+    with pytest.raises(ValueError, match="NetworkConfig has no field 'hiden'"):
+        infcomp.compile(gaussian, observe="y", num_traces=64, guide=guide, workers=0, progress=False,
+                        config={"hiden": hidden})
+    with pytest.raises(ValueError, match="embedding= builds a new guide's network"):
+        infcomp.compile(gaussian, observe="y", num_traces=64, guide=guide, workers=0, progress=False,
+                        embedding=torch.nn.Linear(2, 8))
+    before = guide.traces_trained  # the guide's own settings, as a list where it holds a tuple, are not a change
+    infcomp.compile(gaussian, observe="y", num_traces=64, guide=guide, workers=0, progress=False,
+                    config={"hidden": hidden, "conv_channels": list(guide.network.cfg.conv_channels)})
+    assert guide.traces_trained == before + 64
+
+
 def test_checkpoint_saves_during_the_run_at_its_end_and_on_interrupt(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     g = infcomp.compile(gaussian, observe="y", num_traces=256, seed=0, workers=0, progress=False,
