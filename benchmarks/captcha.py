@@ -8,8 +8,9 @@ For each style: renders/s on one core (the renderer alone) and prior traces/s on
 (the whole Pyro model: sampling, rendering, the ABC kernel); then it compiles a breaker for
 ``--minutes`` of wall-clock time (resuming ``OUT/STYLE.pt`` if it exists, so budgets add up
 across runs; the table says how many traces the breaker has seen in all) and reads
-``--n`` fresh CAPTCHAs drawn from the style's prior with a greedy pass, and the first
-``--posterior-n`` of them with importance sampling (``--particles`` particles).  Peak
+``--n`` fresh CAPTCHAs drawn from the style's prior with a greedy pass (which stops after the last
+letter: ``read_greedy``), and the first ``--posterior-n`` of them with importance sampling
+(``--particles`` particles, each a whole trace, rendered and weighed).  Peak
 memory is the largest resident set of the compile process and of its trace workers.
 ``train/s`` is what the network trains on per second, the repeats of echoed batches included
 (``--echo``, default the breaker's 3); ``fresh/s`` counts the new prior traces drawn.
