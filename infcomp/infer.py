@@ -136,9 +136,10 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
     obs = guide.check_observation(observation)
-    stops = frozenset((stop_before,) if isinstance(stop_before, str) else stop_before)
-    if not all(isinstance(n, str) for n in stops):
+    names = (stop_before,) if isinstance(stop_before, str) else () if stop_before is None else stop_before
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
         raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
+    stops = frozenset(names)
     run = poutine.condition(model, data=obs)
     if stops:
         run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)

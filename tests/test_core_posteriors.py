@@ -194,8 +194,10 @@ def test_greedy_stops_before_the_named_site():
     assert infcomp.greedy(mixed, guide, y, stop_before=["u", "b"]) == {"c": full["c"]}  # the first one reached
     assert infcomp.greedy(mixed, guide, y, stop_before="never") == full
     assert not pyro.poutine.runtime._PYRO_STACK  # the early exit leaves no handler behind
-    with pytest.raises(TypeError, match="stop_before must be a site name"):
-        infcomp.greedy(mixed, guide, y, stop_before=[3])
+    assert infcomp.greedy(mixed, guide, y, stop_before=None) == full
+    for bad in ([3], 3):
+        with pytest.raises(TypeError, match="stop_before must be a site name"):
+            infcomp.greedy(mixed, guide, y, stop_before=bad)
 
 
 @pytest.mark.parametrize(
