@@ -117,11 +117,10 @@ def cmd_compile(args):
         guide, saved_style = breaker.load_breaker(out)
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
-        for option, key in NETWORK_OPTIONS.items():
-            wanted, built = config.get(key), getattr(guide.network.cfg, key)
-            if wanted is not None and wanted != (tuple(built) if isinstance(wanted, tuple) else built):
-                sys.exit(f"error: {out} was built with {option} {_show(built)}, not {_show(wanted)} "
-                         "(use --fresh to start over with it)")
+        option = {key: option for option, key in NETWORK_OPTIONS.items()}
+        for key, built, wanted in guide.network.cfg.differences(config):
+            sys.exit(f"error: {out} was built with {option[key]} {_show(built)}, not {_show(wanted)} "
+                     "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0

@@ -12,7 +12,6 @@ resumes where it stopped, optimiser state included.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -247,20 +246,11 @@ def compile(
 def _check_config(built: NetworkConfig, config) -> None:
     """A resumed guide keeps the network it was built with: a ``config=`` that asks for another is an
     error, not ignored."""
-    have = dataclasses.asdict(built)
-    wanted = config if isinstance(config, dict) else dataclasses.asdict(config)
-
-    def plain(v):
-        return tuple(v) if isinstance(v, list) else v
-
-    for key, value in wanted.items():
-        if key not in have:
-            raise ValueError(f"config: NetworkConfig has no field {key!r}")
-        if plain(value) != plain(have[key]):
-            raise ValueError(
-                f"config: the guide to resume was built with {key}={have[key]!r}, not {value!r} "
-                "(config= sets up a new guide's network: resume without it, or compile a new guide)"
-            )
+    for key, have, wanted in built.differences(config):
+        raise ValueError(
+            f"config: the guide to resume was built with {key}={have!r}, not {wanted!r} "
+            "(config= sets up a new guide's network: resume without it, or compile a new guide)"
+        )
 
 
 def _finish(guide, trainer, done, seen, steps, elapsed, val, waited, interrupted=False) -> Guide:

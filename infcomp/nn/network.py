@@ -61,6 +61,21 @@ class NetworkConfig:
     def to_dict(self):
         return asdict(self)
 
+    def differences(self, config) -> list:
+        """``[(field, this config's value, config's)]`` for each field that ``config`` (a NetworkConfig
+        or dict of fields) sets to another value; a list and a tuple of the same items are equal.
+        ValueError for a field NetworkConfig does not have."""
+        have = asdict(self)
+        wanted = config if isinstance(config, dict) else asdict(config)
+
+        def plain(v):
+            return tuple(v) if isinstance(v, list) else v
+
+        unknown = [key for key in wanted if key not in have]
+        if unknown:
+            raise ValueError(f"config: NetworkConfig has no field {unknown[0]!r}")
+        return [(key, have[key], value) for key, value in wanted.items() if plain(value) != plain(have[key])]
+
 
 def head_key(spec: SiteSpec) -> tuple:
     """Addresses with equal keys share a value embedding and a proposal head: names equal but for
