@@ -15,6 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .nn.embeddings import CNNEmbedding
+
 __all__ = ["main"]
 
 
@@ -383,7 +385,7 @@ def build_parser():
     s.add_argument("--memory-columns", type=_count, default=None, metavar="N",
                    help="how many image columns attention reads (the features pooled to this width), for a new "
                         "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
-    s.add_argument("--column-pixels", type=int, choices=(8, 4), default=None, metavar="{8,4}",
+    s.add_argument("--column-pixels", type=int, choices=CNNEmbedding.COLUMN_PIXELS, default=None,
                    help="pixels per image column that attention reads, for a new breaker: 8, or 4 "
                         "with the last stride-2 convolution keeping the width (default: NetworkConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,

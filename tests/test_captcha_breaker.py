@@ -73,7 +73,7 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     with pytest.raises(ValueError, match="memory_columns must be 0 .* got -2"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
                         config={"memory_columns": -2})
-    with pytest.raises(ValueError, match="column_pixels must be 8 or 4, got 2"):
+    with pytest.raises(ValueError, match=r"column_pixels must be one of \(8, 4\), got 2"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_pixels": 2})
     with pytest.raises(ValueError, match="column_rnn must be 0 .* got -1"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_rnn": -1})

@@ -46,6 +46,7 @@ class CNNEmbedding(nn.Module):
     GROUPS = 8
     CHANNELS = (16, 32, 64)
     STRIDE = 8  # three stride-2 convolutions: a feature column per 8 pixels
+    COLUMN_PIXELS = (STRIDE, STRIDE // 2)  # the column widths on offer: 8, or 4 (the last convolution keeps the width)
     ROWS = 4  # the features are pooled to this many rows ...
     COLUMNS = 0  # ... and this many columns; 0 keeps the convolutions' own width
 
@@ -70,8 +71,8 @@ class CNNEmbedding(nn.Module):
             raise ValueError(
                 f"memory_columns must be 0 (the convolutions' own width) or a positive count, got {columns}"
             )
-        if column_pixels not in (self.STRIDE, self.STRIDE // 2):
-            raise ValueError(f"column_pixels must be {self.STRIDE} or {self.STRIDE // 2}, got {column_pixels}")
+        if column_pixels not in self.COLUMN_PIXELS:
+            raise ValueError(f"column_pixels must be one of {self.COLUMN_PIXELS}, got {column_pixels}")
         grid = (self.ROWS, columns or -(-shape[-1] // column_pixels))
         last = (2, 2 * column_pixels // self.STRIDE)  # (2, 1): the last convolution keeps the width
         self.features = nn.Sequential(
