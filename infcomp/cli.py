@@ -99,9 +99,9 @@ def _count(text):
     return n
 
 
-#: ``infcomp compile``'s options that set a new breaker's network (:class:`infcomp.nn.network.NetworkConfig`).
-NETWORK_OPTIONS = {"--channels": "conv_channels", "--column-rnn": "column_rnn", "--memory-columns": "memory_columns",
-                   "--column-pixels": "column_pixels"}
+#: NetworkConfig field -> the ``infcomp compile`` option that sets it for a new breaker.
+NETWORK_OPTIONS = {"conv_channels": "--channels", "column_rnn": "--column-rnn", "memory_columns": "--memory-columns",
+                   "column_pixels": "--column-pixels"}
 
 
 def _show(value):
@@ -113,15 +113,14 @@ def cmd_compile(args):
     style = captcha.get_style(args.style)
     out = Path(args.out)
     guide = None
-    config = {key: getattr(args, option[2:].replace("-", "_")) for option, key in NETWORK_OPTIONS.items()}
+    config = {key: getattr(args, option[2:].replace("-", "_")) for key, option in NETWORK_OPTIONS.items()}
     config = {key: value for key, value in config.items() if value is not None}
     if out.exists() and not args.fresh:
         guide, saved_style = breaker.load_breaker(out)
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
-        option = {key: option for option, key in NETWORK_OPTIONS.items()}
         for key, built, wanted in guide.network.cfg.differences(config):
-            sys.exit(f"error: {out} was built with {option[key]} {_show(built)}, not {_show(wanted)} "
+            sys.exit(f"error: {out} was built with {NETWORK_OPTIONS[key]} {_show(built)}, not {_show(wanted)} "
                      "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
