@@ -101,11 +101,18 @@ def _count(text):
 
 #: NetworkConfig field -> the ``infcomp compile`` option that sets it for a new breaker.
 NETWORK_OPTIONS = {"conv_channels": "--channels", "column_rnn": "--column-rnn", "memory_columns": "--memory-columns",
-                   "column_pixels": "--column-pixels"}
+                   "column_pixels": "--column-pixels", "conv_refine": "--conv-refine"}
 
 
-def _show(value):
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+def _built_with(key, built, wanted):
+    """``"--column-pixels 4, not 8"``, or for a switch ``"--no-conv-refine, not --conv-refine"``."""
+    option = NETWORK_OPTIONS[key]
+    if isinstance(built, bool):
+        return ", not ".join(option if on else "--no-" + option[2:] for on in (built, wanted))
+
+    def show(value):
+        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return f"{option} {show(built)}, not {show(wanted)}"
 
 
 def cmd_compile(args):
@@ -120,7 +127,7 @@ def cmd_compile(args):
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
         for key, built, wanted in guide.network.cfg.differences(config):
-            sys.exit(f"error: {out} was built with {NETWORK_OPTIONS[key]} {_show(built)}, not {_show(wanted)} "
+            sys.exit(f"error: {out} was built with {_built_with(key, built, wanted)} "
                      "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     if args.minutes is None and args.traces is None:
@@ -387,6 +394,9 @@ def build_parser():
     s.add_argument("--column-pixels", type=int, choices=CNNEmbedding.COLUMN_PIXELS, default=None,
                    help="pixels per image column that attention reads, for a new breaker: 8, or 4 "
                         "with the last stride-2 convolution keeping the width (default: NetworkConfig's)")
+    s.add_argument("--conv-refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="a fourth convolution (the last channels, stride 1) before the image columns are pooled, "
+                        "for a new breaker (default: NetworkConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

@@ -41,10 +41,10 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     path = tmp_path / "wide.pt"
     assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
                  "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4",
-                 "--seed", "0", "--quiet"]) == 0
+                 "--no-conv-refine", "--seed", "0", "--quiet"]) == 0
     guide = infcomp.load(path)
     convs = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [8, 16, 24, 24]
+    assert [c.out_channels for c in convs] == [8, 16, 24]  # no fourth convolution
     assert guide.network.embed.memory_dim == 24 * 4
     assert guide.network.attention.columns.hidden_size == 4
     assert guide.network.embed.memory_len == 24  # the convolutions' own width: 96 pixels over 4
@@ -55,6 +55,8 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "0", "--quiet"])
     with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
+    with pytest.raises(SystemExit, match="was built with --no-conv-refine, not --conv-refine"):
+        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--conv-refine", "--quiet"])
     assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
                  "--column-rnn", "4", "--quiet"]) == 0  # the same options resume
     assert infcomp.load(path).traces_trained == 128

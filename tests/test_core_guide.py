@@ -97,11 +97,15 @@ def image_model(image=None):
     pyro.sample("image", dist.Normal(picture, 0.1).to_event(2), obs=image)
 
 
-@pytest.mark.parametrize("column_rnn,memory_columns,column_pixels", [(0, 16, 8), (8, 16, 8), (8, 0, 8), (8, 0, 4)])
-def test_inference_proposals_match_training_pass_with_image_attention(column_rnn, memory_columns, column_pixels):
+@pytest.mark.parametrize("column_rnn,memory_columns,column_pixels,conv_refine",
+                         [(0, 16, 8, True), (8, 16, 8, True), (8, 0, 8, True), (8, 0, 4, True), (8, 0, 8, False)])
+def test_inference_proposals_match_training_pass_with_image_attention(column_rnn, memory_columns, column_pixels,
+                                                                       conv_refine):
     guide = infcomp.compile(image_model, observe="image", num_traces=256, seed=0, workers=0, progress=False,
                             config={"column_rnn": column_rnn, "memory_columns": memory_columns,
-                                    "column_pixels": column_pixels})
+                                    "column_pixels": column_pixels, "conv_refine": conv_refine})
+    convolutions = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convolutions) == 3 + conv_refine
     assert guide.network.attention is not None
     assert (guide.network.attention.columns is not None) == bool(column_rnn)
     assert guide.network.embed.memory_len == (memory_columns or 16 // column_pixels)  # the image is 16 pixels wide
@@ -135,8 +139,10 @@ def test_image_guides_normalise_convolutions_and_older_files_still_load(tmp_path
     plain.save(path)
     data = torch.load(path, weights_only=True)
     del data["config"]["conv_norm"], data["config"]["column_rnn"], data["config"]["memory_columns"]
+    del data["config"]["conv_refine"]  # a setting newer still: those files have the fourth convolution
     torch.save(data, path)
     loaded = infcomp.load(path)
+    assert loaded.network.cfg.conv_refine
     assert not loaded.network.cfg.conv_norm and loaded.network.attention.columns is None
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in loaded.network.embed.modules())
     image = PriorSampler(image_model, "image").sample().observation["image"]

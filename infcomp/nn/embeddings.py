@@ -35,6 +35,9 @@ class CNNEmbedding(nn.Module):
     of characters against 32.6%, baidu2011 61.7% of strings against 54.6%; after an hour wikipedia
     read 52.6% of strings against 32.4% (``benchmarks/README.md``).  ``column_pixels=4`` makes the
     third convolution stride 2 down and 1 across: a column per 4 pixels, for about 1.5x the CNN's cost.
+``refine=False`` (``NetworkConfig(conv_refine=False)``) drops the fourth convolution, about a fifth
+of the CNN's cost; ten-minute probes split (baidu2011 read worse without it, recaptcha better), so
+it stays by default.
 
     With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
     batch of one reads exactly as in training.  It speeds up early learning: on baidu2011 the
@@ -50,7 +53,7 @@ class CNNEmbedding(nn.Module):
     ROWS = 4  # the features are pooled to this many rows ...
     COLUMNS = 0  # ... and this many columns; 0 keeps the convolutions' own width
 
-    def __init__(self, shape, dim, channels=CHANNELS, columns=COLUMNS, norm=True, column_pixels=STRIDE):
+    def __init__(self, shape, dim, channels=CHANNELS, columns=COLUMNS, norm=True, column_pixels=STRIDE, refine=True):
         super().__init__()
         channels = tuple(channels)
         if len(channels) != 3 or min(channels) < 1:
@@ -76,7 +79,8 @@ class CNNEmbedding(nn.Module):
         grid = (self.ROWS, columns or -(-shape[-1] // column_pixels))
         last = (2, 2 * column_pixels // self.STRIDE)  # (2, 1): the last convolution keeps the width
         self.features = nn.Sequential(
-            *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, last), *block(c3, c3, 3, 1),
+            *block(in_ch, c1, 5, 2), *block(c1, c2, 3, 2), *block(c2, c3, 3, last),
+            *(block(c3, c3, 3, 1) if refine else ()),  # a fourth convolution at the columns' resolution
             nn.AdaptiveAvgPool2d(grid),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c3 * grid[0] * grid[1], dim), nn.ReLU())
@@ -95,7 +99,7 @@ class CNNEmbedding(nn.Module):
 
 def default_embedding(shape, dim, **cnn):
     """An MLP for scalars and vectors, a :class:`CNNEmbedding` for images; ``cnn`` holds the CNN's
-    keywords (``channels``, ``columns``, ``norm``, ``column_pixels``)."""
+    keywords (``channels``, ``columns``, ``norm``, ``column_pixels``, ``refine``)."""
     if len(shape) <= 1:
         return MLPEmbedding(shape, dim)
     if len(shape) in (2, 3):

@@ -56,6 +56,7 @@ class NetworkConfig:
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
     memory_columns: int = CNNEmbedding.COLUMNS  # image columns attention reads (0: the CNN's own, width / 8)
     column_pixels: int = CNNEmbedding.STRIDE  # pixels per image column: 8, or 4 (the last stride-2 convolution keeps the width)
+    conv_refine: bool = True  # a fourth convolution (last channels, stride 1) before the image columns are pooled
     column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the columns (see Attention)
 
     def to_dict(self):
@@ -173,7 +174,8 @@ class InferenceNetwork(nn.Module):
         self.obs_specs = dict(obs_specs)
         self.families = make_families(self.cfg.mixture_components)
         c = self.cfg
-        cnn = dict(channels=c.conv_channels, columns=c.memory_columns, norm=c.conv_norm, column_pixels=c.column_pixels)
+        cnn = dict(channels=c.conv_channels, columns=c.memory_columns, norm=c.conv_norm, column_pixels=c.column_pixels,
+                   refine=c.conv_refine)
         self.embed = ObservationEmbedding(self.obs_specs, c.obs_dim, embedding, cnn)
         self.family_embedding = nn.Embedding(len(FAMILY_NAMES), c.family_dim)
         self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
