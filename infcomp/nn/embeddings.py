@@ -35,9 +35,9 @@ class CNNEmbedding(nn.Module):
     of characters against 32.6%, baidu2011 61.7% of strings against 54.6%; after an hour wikipedia
     read 52.6% of strings against 32.4% (``benchmarks/README.md``).  ``column_pixels=4`` makes the
     third convolution stride 2 down and 1 across: a column per 4 pixels, for about 1.5x the CNN's cost.
-``refine=False`` (``NetworkConfig(conv_refine=False)``) drops the fourth convolution, about a fifth
-of the CNN's cost; ten-minute probes split (baidu2011 read worse without it, recaptcha better), so
-it stays by default.
+    ``refine=False`` (``NetworkConfig(conv_refine=False)``) drops the fourth convolution, about a fifth
+    of the CNN's cost; ten-minute probes split (baidu2011 read worse without it, recaptcha better), so
+    it stays by default.
 
     With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
     batch of one reads exactly as in training.  It speeds up early learning: on baidu2011 the
