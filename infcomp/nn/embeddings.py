@@ -36,8 +36,8 @@ class CNNEmbedding(nn.Module):
     read 52.6% of strings against 32.4% (``benchmarks/README.md``).  ``column_pixels=4`` makes the
     third convolution stride 2 down and 1 across: a column per 4 pixels, for about 1.5x the CNN's cost.
     ``refine=False`` (``NetworkConfig(conv_refine=False)``) drops the fourth convolution, about a fifth
-    of the CNN's cost; in ten-minute probes it read worse in three runs of four (one seed of baidu2011,
-    two of recaptcha: one better, one worse), so it stays by default.
+    of the CNN's cost; in ten-minute probes it read worse on baidu2011 and on one of recaptcha's two
+    seeds (better on the other), so it stays by default.
 
     With ``norm`` (the default) each convolution is followed by a GroupNorm: per image, so a
     batch of one reads exactly as in training.  It speeds up early learning: on baidu2011 the
