@@ -28,6 +28,7 @@ particles give the posterior at any other bandwidth ``b`` by reweighting. It pri
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import random
 import statistics
@@ -36,7 +37,6 @@ import time
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.messenger import Messenger
 
 import infcomp
 from infcomp_models.captcha import save_gallery
@@ -44,19 +44,8 @@ from infcomp_models.captcha.breaker import load_breaker, read_greedy
 from infcomp_models.captcha.style import latent_values
 
 
-class RecordFit(Messenger):
-    """Records, for each run of the model, the observed image's squared distance to the rendering."""
-
-    def __enter__(self):
-        self.ssd = []
-        return super().__enter__()
-
-    def _pyro_post_sample(self, msg):
-        if msg["name"] == "image" and msg["is_observed"]:
-            self.ssd.append(float(((msg["value"] - msg["fn"].rendered) ** 2).sum()))
-
-
 def ssd(style, values, image) -> float:
+    """Squared distance between ``image`` and the rendering of ``values``."""
     return float(((image - torch.from_numpy(style.render_values(values))) ** 2).sum())
 
 
@@ -66,12 +55,11 @@ def reweighted(log_weights, fits, b0, b, pixels):
     return log_weights + fits * (1 / (2 * b0 * b0) - 1 / (2 * b * b)) - pixels * math.log(b / b0)
 
 
-def ranked(readings, log_weights):
-    w = torch.softmax(log_weights, 0).tolist()
-    totals = {}
-    for r, wi in zip(readings, w):
-        totals[r] = totals.get(r, 0.0) + wi
-    return max(totals, key=totals.get), totals, 1.0 / sum(x * x for x in w)
+def at_bandwidth(post, fits, b0, b, pixels):
+    """The same particles' posterior with the kernel at bandwidth ``b``."""
+    other = copy.copy(post)
+    other.log_weights = reweighted(post.log_weights, fits, b0, b, pixels)
+    return other
 
 
 def refine(style, values, image, steps, bandwidth, rng):
@@ -124,21 +112,22 @@ def main():
         trace = poutine.trace(style.model).get_trace()
         truth, image = latent_values(trace), trace.nodes["image"]["value"]
         label = style.reading(truth)
-        record = RecordFit()
-        with record, infcomp.temper(a.temperature):
+        with infcomp.temper(a.temperature):
             post = infcomp.infer(style.model, guide, image, num_samples=a.particles, seed=a.seed + i)
         particles = [post.values(j) for j in range(a.particles)]
         readings = [style.reading(v) for v in particles]
+        fits = [ssd(style, v, image) for v in particles]
         other_seed = dict(truth, noise_seed=torch.tensor((float(truth["noise_seed"]) + 0.5) % 1.0))
         one_letter = dict(truth, letter_0=torch.tensor((int(truth["letter_0"]) + 1) % len(style.alphabet)))
-        row = dict(i=i, label=label, image=image, particles=particles, readings=readings, fits=record.ssd,
+        row = dict(i=i, label=label, image=image, particles=particles, readings=readings, fits=fits,
                    greedy=read_greedy(style, guide, image), vote=max(set(readings), key=readings.count),
                    fit_truth=ssd(style, truth, image), fit_other_seed=ssd(style, other_seed, image),
-                   fit_one_letter=ssd(style, one_letter, image), fit_best=min(record.ssd),
-                   fit_best_right=min((f for f, r in zip(record.ssd, readings) if r == label), default=None))
+                   fit_one_letter=ssd(style, one_letter, image), fit_best=min(fits),
+                   fit_best_right=min((f for f, r in zip(fits, readings) if r == label), default=None))
         for b in bandwidths:
-            top, totals, ess = ranked(readings, reweighted(post.log_weights, record.ssd, b0, b, pixels))
-            row[b] = (top, totals[top], ess)
+            reweighed = at_bandwidth(post, fits, b0, b, pixels)
+            top, p_top = next(iter(reweighed.probabilities(style.reading).items()))
+            row[b] = (top, p_top, reweighed.ess)
         rows.append(row)
         if (i + 1) % 50 == 0:
             print(f"  {i + 1} draws read, {time.time() - t0:.0f} s", flush=True)
