@@ -162,6 +162,22 @@ def test_training_resumes_with_optimizer_state(guide, tmp_path):
     assert steps_after == steps_before + 10
 
 
+def test_a_guide_saved_with_the_unfused_optimizer_resumes_fused(guide, tmp_path):
+    """Files from before the fused Adam hold groups with fused=None: they resume, state kept, fused."""
+    guide.save(tmp_path / "gauss.pt")
+    old = infcomp.load(tmp_path / "gauss.pt", model=gaussian)
+    for g in old.optimizer_state["param_groups"]:
+        g.update(fused=None, foreach=None)
+    moments = {k: s["exp_avg"].clone() for k, s in old.optimizer_state["state"].items()}
+    sampler = PriorSampler(gaussian, ("y",), (), {})
+    trainer = Trainer(old, sampler, [sampler.sample() for _ in range(8)], 3e-3, 8, "cpu")
+    assert all(g["fused"] for g in trainer.optimizer.param_groups)
+    params = trainer.optimizer.param_groups[0]["params"]
+    assert torch.equal(trainer.optimizer.state[params[0]]["exp_avg"], moments[0])
+    trainer.step(collate([sampler.sample() for _ in range(8)], sampler.specs))
+    assert int(trainer.optimizer.state[params[0]]["step"]) == int(old.optimizer_state["state"][0]["step"]) + 1
+
+
 def test_a_resume_refuses_a_config_or_embedding_it_would_ignore(guide, tmp_path):
     guide.save(tmp_path / "gauss.pt")
     guide = infcomp.load(tmp_path / "gauss.pt", model=gaussian)  # a copy: the fixture stays as it is
