@@ -2,7 +2,7 @@
 
     python benchmarks/captcha.py [--styles baidu2011,ebay] [--minutes 5] [--n 1000]
                                  [--posterior-n 100] [--particles 100] [--echo 3] [--out out/bench]
-                                 [--compile-options "--column-pixels 4"] [--json]
+                                 [--compile-options "--column-pixels 4"] [--text-only] [--json]
 
 For each style: renders/s on one core (the renderer alone) and prior traces/s on one core
 (the whole Pyro model: sampling, rendering, the ABC kernel); then it compiles a breaker for
@@ -10,7 +10,8 @@ For each style: renders/s on one core (the renderer alone) and prior traces/s on
 across runs; the table says how many traces the breaker has seen in all) and reads
 ``--n`` fresh CAPTCHAs drawn from the style's prior with a greedy pass (which stops after the last
 letter: ``read_greedy``), and the first ``--posterior-n`` of them with importance sampling
-(``--particles`` particles, each a whole trace, rendered and weighed).  Peak
+(``--particles`` particles, each a whole trace, rendered and weighed; with ``--text-only``, by
+their text alone: ``CaptchaStyle.with_text_only``).  Peak
 memory is the largest resident set of the compile process and of its trace workers.
 ``train/s`` is what the network trains on per second, the repeats of echoed batches included
 (``--echo``, default the breaker's 3); ``fresh/s`` counts the new prior traces drawn.
@@ -99,12 +100,15 @@ def main(argv=None):
     p.add_argument("--compile-options", default="", metavar="'--OPTION VALUE ...'",
                    help="more `infcomp compile` options, e.g. '--column-pixels 4' (network options set a new "
                         "breaker; a resumed one must have been built with them)")
+    p.add_argument("--text-only", action="store_true",
+                   help="weigh the posterior reads' particles by their text alone (infcomp evaluate --text-only)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; budget {args.minutes} min per style; "
-          f"n={args.n} greedy reads, {args.posterior_n} posterior reads with {args.particles} particles", flush=True)
+          f"n={args.n} greedy reads, {args.posterior_n} posterior reads with {args.particles} particles"
+          f"{' weighed by the text alone' if args.text_only else ''}", flush=True)
     results = []
     for name in args.styles.split(","):
         style = get_style(name)
@@ -113,7 +117,7 @@ def main(argv=None):
         row["model_traces_per_s"] = traces_per_second(style)
         msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo,
                                                  shlex.split(args.compile_options))
-        guide, style = load_breaker(out / f"{name}.pt")
+        guide, reader = load_breaker(out / f"{name}.pt", text_only=args.text_only)
         row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained)
         run = guide.last_run
         row["fresh_traces_per_s"] = run["traces_per_second"]
@@ -121,10 +125,10 @@ def main(argv=None):
         row["train_traces_per_s"] = run["trained_traces_per_second"]
         images, labels = [], []
         for i in range(args.n):
-            image, text = style.sample(args.seed + i)
+            image, text = style.sample(args.seed + i)  # the style as compiled, whatever it reads with
             images.append(image)
             labels.append(text)
-        rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, [str(i) for i in range(args.n)],
+        rows, greedy_ms, post_ms = _read_all(reader, guide, images, labels, [str(i) for i in range(args.n)],
                                              args.particles, args.posterior_n, 0, False)
         s = _summary(rows, greedy_ms, post_ms)
         row.update(recognition_greedy=s["recognition_rate_greedy"], recognition_posterior=s.get("recognition_rate_posterior"),

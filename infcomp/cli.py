@@ -290,7 +290,7 @@ def _gallery(rows, images, path, n=16):
 
 def cmd_break(args):
     captcha, breaker = _captcha()
-    guide, style = breaker.load_breaker(args.model, args.bandwidth)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels, names, errors = [], [], [], []
     for f in args.files:
         try:
@@ -307,8 +307,8 @@ def cmd_break(args):
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
                                          args.seed, not args.json, args.temperature)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, temperature=args.temperature, image_rule=breaker.IMAGE_RULE, errors=errors,
-                   readings=rows)
+    summary.update(style=style.name, bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
+                   image_rule=breaker.IMAGE_RULE, errors=errors, readings=rows)
     probs, correct = _scored(rows)
     if args.reliability and probs:
         _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} images")
@@ -324,9 +324,9 @@ def cmd_break(args):
 
 def cmd_evaluate(args):
     captcha, breaker = _captcha()
-    guide, style = breaker.load_breaker(args.model, args.bandwidth)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels = [], []
-    drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever --bandwidth reads with
+    drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever it reads with
     for i in range(args.n):
         image, text = drawn.sample(args.seed + 1_000_003 + i)  # draws the training stream never starts from
         images.append(image)
@@ -335,7 +335,8 @@ def cmd_evaluate(args):
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles,
                                          args.posterior_n, args.seed, not args.json, args.temperature)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, temperature=args.temperature, traces_trained=guide.traces_trained)
+    summary.update(style=style.name, bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
+                   traces_trained=guide.traces_trained)
     probs, correct = _scored(rows)
     if args.reliability and probs:
         _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} fresh draws")
@@ -420,6 +421,9 @@ def build_parser():
         s.add_argument("--bandwidth", type=float, default=None,
                        help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
                             "tolerates what the model cannot draw and spreads the posterior over more particles)")
+        s.add_argument("--text-only", action="store_true",
+                       help="weigh the posterior's particles by their text alone, rendered without the style's "
+                            "clutter and pixel noise, which fall where an uninferable seed puts them")
         s.add_argument("--temperature", type=_temperature, default=1.0,
                        help="flatten the guide's letter and font proposals q to q^(1/T) for the posterior read, "
                             "so a guide overconfident on unfamiliar images still tries its second choices "

@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 from PIL import Image
@@ -116,6 +118,34 @@ def test_evaluate_json(breaker, tmp_path, capsys):
     assert result["n"] == 6 and set(result["ms_per_captcha"]) == {"greedy", "posterior"}
     assert 0.0 <= result["recognition_rate"] <= 1.0
     assert gallery.exists()
+
+
+def test_a_text_only_read_reweighs_the_same_particles_by_the_text_alone(breaker, capsys):
+    """Same seed, same particles; each weight changes by exactly the kernel's log density of the
+    text-only rendering less that of the full one, and the clutter latents still get drawn."""
+    from infcomp_models.captcha.breaker import load_breaker
+    from infcomp_models.captcha.style import latent_values
+
+    guide, style = load_breaker(breaker)
+    _, text = load_breaker(breaker, text_only=True)
+    assert text.text_only and not style.text_only and text.addresses(4) == style.addresses(4)
+    image, _ = get_style("baidu2011").sample(7)
+    full = infcomp.infer(style.model, guide, image, num_samples=6, seed=3)
+    only = infcomp.infer(text.model, guide, image, num_samples=6, seed=3)
+    for j in range(6):
+        v = full.values(j)
+        assert {k: float(x) for k, x in v.items()} == {k: float(x) for k, x in only.values(j).items()}
+        change = (text.make_kernel(torch.from_numpy(text.render_values(v))).log_prob(image)
+                  - style.make_kernel(torch.from_numpy(style.render_values(v))).log_prob(image))
+        assert float(only.log_weights[j] - full.log_weights[j]) == pytest.approx(float(change), abs=1e-3)
+    pyro.set_rng_seed(0)
+    draws = (latent_values(poutine.trace(text.model).get_trace()) for _ in range(100))
+    values = next(v for v in draws if int(v["num_arcs"]) > 0)  # the clutter latents are drawn, and render nothing
+    assert not np.array_equal(style.render_values(values), text.render_values(values))
+    assert np.array_equal(text.render_values(values), text.render_values(dict(values, num_arcs=torch.tensor(0))))
+    assert main(["evaluate", str(breaker), "-n", "2", "--posterior-n", "2", "--particles", "4", "--text-only",
+                 "--json", "--gallery", ""]) == 0
+    assert json.loads(capsys.readouterr().out)["text_only"] is True
 
 
 def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):

@@ -268,3 +268,16 @@ def test_curve_spans_its_endpoints():
         x0, x1 = _ink_columns(render(spec, seed), level=0.8)
         assert 16 <= x0 <= 19 and 179 <= x1 <= 182
     assert not np.array_equal(render(spec, 0), render(spec, 1))
+
+
+def test_text_layer_leaves_out_what_the_seed_places():
+    cluttered = CaptchaSpec("8052", num_lines=2, num_arcs=1, num_ellipses=1, num_dots=30, curve_width=2.0,
+                            noise=0.05, shear=0.2, wave_amplitude=2.0, blur=0.3, background=0.9)
+    text = cluttered.text_layer()
+    assert (text.num_lines, text.num_arcs, text.num_ellipses, text.num_dots, text.curve_width, text.noise) == (
+        0, 0, 0, 0, 0.0, 0.0)
+    assert (text.text, text.shear, text.wave_amplitude, text.blur, text.background) == ("8052", 0.2, 2.0, 0.3, 0.9)
+    assert not np.array_equal(render(cluttered, 1), render(text, 1))
+    assert np.array_equal(render(text, 1), render(text, 2))  # nothing the seed drives is left
+    elastic = CaptchaSpec("8052", num_dots=30, elastic_alpha=10.0).text_layer()
+    assert not np.array_equal(render(elastic, 1), render(elastic, 2))  # the elastic field bends the text itself

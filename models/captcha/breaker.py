@@ -67,14 +67,17 @@ def style_of(guide):
     return get_style(name)
 
 
-def load_breaker(path, bandwidth=None):
+def load_breaker(path, bandwidth=None, text_only=False):
     """``(guide, style)`` from a breaker file, the guide bound to the style's model; with
     ``bandwidth``, the model reads with that ABC kernel bandwidth (see
-    :meth:`CaptchaStyle.with_bandwidth`) instead of the style's own."""
+    :meth:`CaptchaStyle.with_bandwidth`) instead of the style's own; with ``text_only``, it weighs
+    particles by their text alone (:meth:`CaptchaStyle.with_text_only`)."""
     guide = infcomp.load(path)
     style = style_of(guide)
     if bandwidth is not None:
         style = style.with_bandwidth(bandwidth)
+    if text_only:
+        style = style.with_text_only()
     guide.bind_model(style.model)
     return guide, style
 

@@ -119,6 +119,13 @@ class CaptchaSpec:
     blur: float = 0.0  #: Gaussian blur sigma
     noise: float = 0.0  #: standard deviation of Gaussian pixel noise
 
+    def text_layer(self) -> "CaptchaSpec":
+        """The same spec without its clutter (lines, arcs, ellipses, dots, the curve) and pixel noise:
+        the text alone, with every distortion of it (fuzz, shear, waves, elastic field, blur) and the
+        background.  What it leaves out is what the seed places."""
+        return dataclasses.replace(self, num_lines=0, num_arcs=0, num_ellipses=0, num_dots=0, curve_width=0.0,
+                                   noise=0.0)
+
 
 def seed_from_uniform(u: float) -> int:
     """Map a ``Uniform(0, 1)`` value (a model's ``noise_seed`` site) to a renderer seed."""

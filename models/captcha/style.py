@@ -101,6 +101,8 @@ class CaptchaStyle:
         in place of the single ``font`` site).
     :param kernel: ``"pixel"`` (:class:`infcomp.abc.PixelKernel`) or ``"projection"``
         (:class:`infcomp.abc.RandomProjectionKernel` with ``projection_dim`` directions).
+    :param text_only: render the text alone (:meth:`CaptchaSpec.text_layer`): a read-time model,
+        see :meth:`with_text_only`.
     """
 
     name: str
@@ -119,6 +121,7 @@ class CaptchaStyle:
     kernel: str = "pixel"
     projection_dim: int = 128
     description: str = ""
+    text_only: bool = False
 
     def __post_init__(self):
         if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
@@ -209,7 +212,8 @@ class CaptchaStyle:
 
     def render_values(self, values: Mapping[str, Any]) -> np.ndarray:
         """The noiseless rendering (before the ABC kernel) for a complete set of latent values."""
-        return render(self.spec(values), seed_from_uniform(_number(values["noise_seed"])))
+        spec = self.spec(values)
+        return render(spec.text_layer() if self.text_only else spec, seed_from_uniform(_number(values["noise_seed"])))
 
     def make_kernel(self, rendered: torch.Tensor, bandwidth: float | None = None):
         """The ABC kernel the ``image`` site uses around ``rendered``."""
@@ -284,6 +288,20 @@ class CaptchaStyle:
         if not float(bandwidth) > 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         return dataclasses.replace(self, bandwidth=float(bandwidth))
+
+    def with_text_only(self) -> "CaptchaStyle":
+        """The same style rendering its text alone, without clutter or pixel noise: a read-time model.
+
+        Clutter falls where ``noise_seed`` puts it, and no guide can infer a seed: under the
+        style's own kernel a particle's weight then rests on how well its clutter happens to fall,
+        more than on its letters.  Rendered without clutter, every particle misses the image's
+        clutter alike and the weights judge the text (ebay's hour breaker, session 21: the posterior
+        read 95.0% against 91.0% of the same 100 draws' strings; ``benchmarks/README.md``).  Its
+        addresses are the same (the clutter latents are still drawn, and change nothing), so a
+        breaker compiled for this style reads with it; what the seed also drives in the text
+        itself (an elastic field) stays.
+        """
+        return dataclasses.replace(self, text_only=True)
 
     def prior_size(self) -> float:
         """log10 of the number of distinct texts (a rough difficulty measure)."""
