@@ -122,7 +122,7 @@ class CaptchaSpec:
     def text_layer(self) -> "CaptchaSpec":
         """The same spec without its clutter (lines, arcs, ellipses, dots, the curve) and pixel noise:
         the text alone, with every distortion of it (fuzz, shear, waves, elastic field, blur) and the
-        background.  What it leaves out is what the seed places."""
+        background.  The seed still drives what belongs to the text: its fuzz and its elastic field."""
         return dataclasses.replace(self, num_lines=0, num_arcs=0, num_ellipses=0, num_dots=0, curve_width=0.0,
                                    noise=0.0)
 
