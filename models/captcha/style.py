@@ -297,10 +297,9 @@ class CaptchaStyle:
         more than on its letters.  Rendered without clutter, every particle misses the image's
         clutter alike and the weights judge the text more (ebay's hour breaker, session 21: the
         posterior read 89.0% against 86.0% of the same 400 draws' strings, greedy 88.0%;
-        ``benchmarks/README.md``).  Its
-        addresses are the same (the clutter latents are still drawn, and change nothing), so a
-        breaker compiled for this style reads with it; what the seed also drives in the text
-        itself (an elastic field) stays.
+        ``benchmarks/README.md``).  Its addresses are the same (the clutter latents are still
+        drawn, and change nothing), so a breaker compiled for this style reads with it; what the
+        seed also drives in the text itself (an elastic field) stays.
         """
         return dataclasses.replace(self, text_only=True)
 
