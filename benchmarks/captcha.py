@@ -14,7 +14,9 @@ letter: ``read_greedy``), and the first ``--posterior-n`` of them with importanc
 their text alone: ``CaptchaStyle.with_text_only``).  Peak
 memory is the largest resident set of the compile process and of its trace workers.
 ``train/s`` is what the network trains on per second, the repeats of echoed batches included
-(``--echo``, default the breaker's 3); ``fresh/s`` counts the new prior traces drawn.
+(``--echo``, default the breaker's 3); ``fresh/s`` counts the new prior traces drawn.  ``px/col``:
+the pixels per image column that the breaker's attention reads (the style's choice, or
+``--compile-options "--column-pixels N"``).
 
 Anchors from the issue: the paper's Table 1 (recognition 91-99.9% per style); pyprob 1.5.0's
 LSTM with a CNN embedding trains at about 85 traces/s on a small 32 x 96 CAPTCHA of three to
@@ -118,7 +120,8 @@ def main(argv=None):
         msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo,
                                                  shlex.split(args.compile_options))
         guide, reader = load_breaker(out / f"{name}.pt", text_only=args.text_only)
-        row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained)
+        row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained,
+                   column_pixels=guide.network.cfg.column_pixels)
         run = guide.last_run
         row["fresh_traces_per_s"] = run["traces_per_second"]
         # what the network trains on per second (echoed batches count again): the figure to set against pyprob's
@@ -135,13 +138,13 @@ def main(argv=None):
                    char_accuracy=s["char_accuracy"], greedy_ms=greedy_ms, posterior_ms=post_ms)
         results.append(row)
         print(f"{name}: {msg}", flush=True)
-    hdr = (f"{'style':12s} {'size':>7s} {'render/s':>9s} {'model/s':>8s} {'train/s':>8s} {'fresh/s':>8s} {'traces':>8s} "
+    hdr = (f"{'style':12s} {'size':>7s} {'px/col':>6s} {'render/s':>9s} {'model/s':>8s} {'train/s':>8s} {'fresh/s':>8s} {'traces':>8s} "
            f"{'greedy':>7s} {'post.':>7s} {'chars':>6s} {'ms/greedy':>9s} {'ms/post':>8s} {'peak GB':>8s}")
     print(hdr)
     print("-" * len(hdr))
     for r in results:
         post = f"{100 * r['recognition_posterior']:6.1f}%" if r["recognition_posterior"] is not None else "      -"
-        print(f"{r['style']:12s} {r['size']:>7s} {r['renders_per_s']:9.0f} {r['model_traces_per_s']:8.0f} "
+        print(f"{r['style']:12s} {r['size']:>7s} {r['column_pixels']:6d} {r['renders_per_s']:9.0f} {r['model_traces_per_s']:8.0f} "
               f"{r['train_traces_per_s']:8.0f} {r['fresh_traces_per_s']:8.0f} {r['traces_trained']:8d} {100 * r['recognition_greedy']:6.1f}% {post} "
               f"{100 * r['char_accuracy']:5.1f}% {r['greedy_ms']:9.1f} {r['posterior_ms'] or 0:8.0f} {r['peak_gb']:8.2f}")
     print(f"goals: recognition >= {100 * GOALS['recognition']:.0f}% per style within 60 min on 2 cores; "

@@ -104,15 +104,26 @@ NETWORK_OPTIONS = {"conv_channels": "--channels", "column_rnn": "--column-rnn", 
                    "column_pixels": "--column-pixels", "conv_refine": "--conv-refine"}
 
 
+def _value(value):
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _shown(key, value):
+    """A network setting as its ``infcomp compile`` option: ``"--column-pixels 4"``, ``"--no-conv-refine"``;
+    ``"key=value"`` for a field the command line does not set."""
+    option = NETWORK_OPTIONS.get(key)
+    if option is None:
+        return f"{key}={_value(value)}"
+    if isinstance(value, bool):
+        return option if value else "--no-" + option[2:]
+    return f"{option} {_value(value)}"
+
+
 def _built_with(key, built, wanted):
     """``"--column-pixels 4, not 8"``, or for a switch ``"--no-conv-refine, not --conv-refine"``."""
-    option = NETWORK_OPTIONS[key]
     if isinstance(built, bool):
-        return ", not ".join(option if on else "--no-" + option[2:] for on in (built, wanted))
-
-    def show(value):
-        return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-    return f"{option} {show(built)}, not {show(wanted)}"
+        return f"{_shown(key, built)}, not {_shown(key, wanted)}"
+    return f"{_shown(key, built)}, not {_value(wanted)}"
 
 
 def cmd_compile(args):
@@ -130,6 +141,10 @@ def cmd_compile(args):
             sys.exit(f"error: {out} was built with {_built_with(key, built, wanted)} "
                      "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
+    else:
+        own = {key: value for key, value in style.network.items() if key not in config}
+        if own:
+            print(f"new breaker with the style's {', '.join(_shown(key, value) for key, value in own.items())}")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -385,19 +400,20 @@ def build_parser():
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,C3",
                    help="the image embedding's convolution channels, first to last, for a new breaker "
-                        "(default: NetworkConfig's)")
+                        "(default: the style's, else NetworkConfig's)")
     s.add_argument("--column-rnn", type=_count, default=None, metavar="N",
                    help="width per direction of the bidirectional GRU along the image's columns that attention "
-                        "keys on, for a new breaker; 0 for none (default: NetworkConfig's)")
+                        "keys on, for a new breaker; 0 for none (default: the style's, else NetworkConfig's)")
     s.add_argument("--memory-columns", type=_count, default=None, metavar="N",
                    help="how many image columns attention reads (the features pooled to this width), for a new "
-                        "breaker; 0 (the default) for the convolutions' own width, the image's over 8")
+                        "breaker; 0 for the convolutions' own width, the image's over the column pixels "
+                        "(default: the style's, else NetworkConfig's: 0)")
     s.add_argument("--column-pixels", type=int, choices=CNNEmbedding.COLUMN_PIXELS, default=None,
                    help="pixels per image column that attention reads, for a new breaker: 8, or 4 "
-                        "with the last stride-2 convolution keeping the width (default: NetworkConfig's)")
+                        "with the last stride-2 convolution keeping the width (default: the style's, else NetworkConfig's)")
     s.add_argument("--conv-refine", action=argparse.BooleanOptionalAction, default=None,
                    help="a fourth convolution (the last channels, stride 1) before the image columns are pooled, "
-                        "for a new breaker (default: NetworkConfig's)")
+                        "for a new breaker (default: the style's, else NetworkConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

@@ -1,5 +1,6 @@
 """A tiny CAPTCHA breaker compiled and used end to end through the command line."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,9 @@ from PIL import Image
 import infcomp
 from infcomp.cli import main
 from infcomp_models.captcha import get_style
-from infcomp_models.captcha.breaker import char_accuracy, char_confusions, describe_confusions, load_image, read_greedy
+from infcomp.nn.network import NetworkConfig
+from infcomp_models.captcha.breaker import (char_accuracy, char_confusions, compile_breaker, describe_confusions,
+                                            load_image, read_greedy)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,30 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_pixels": 2})
     with pytest.raises(ValueError, match="column_rnn must be 0 .* got -1"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_rnn": -1})
+
+
+def test_a_style_sets_its_breakers_network_unless_the_compile_asks_for_another(tmp_path, capsys):
+    ebay = get_style("ebay")
+    assert ebay.network == {"column_pixels": 4}
+    assert compile_breaker(ebay, num_traces=64, workers=0, progress=False).network.cfg.column_pixels == 4
+    guide = compile_breaker(ebay, num_traces=64, workers=0, progress=False, config={"column_pixels": 8, "column_rnn": 4})
+    assert (guide.network.cfg.column_pixels, guide.network.cfg.column_rnn) == (8, 4)
+    assert compile_breaker(ebay, num_traces=64, workers=0, progress=False,
+                           config=NetworkConfig(column_rnn=4)).network.cfg.column_pixels == 8  # a whole config
+    assert compile_breaker("baidu2011", num_traces=64, workers=0, progress=False).network.cfg.column_pixels == 8
+
+    path = tmp_path / "ebay.pt"
+    assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--quiet"]) == 0
+    assert "new breaker with the style's --column-pixels 4" in capsys.readouterr().out
+    assert infcomp.load(path).network.cfg.column_pixels == 4
+    with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
+        main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
+    assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--fresh",
+                 "--column-pixels", "8", "--quiet"]) == 0
+    assert "the style's" not in capsys.readouterr().out
+    assert infcomp.load(path).network.cfg.column_pixels == 8
+    with pytest.raises(ValueError, match="style 'ebay': network .*colum_pixels"):
+        dataclasses.replace(ebay, network={"colum_pixels": 4})
 
 
 def test_break_files_named_by_their_labels(breaker, tmp_path, capsys):

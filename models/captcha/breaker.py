@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import infcomp
+from infcomp.nn.network import NetworkConfig
 
 from . import get_style
 
@@ -47,6 +48,10 @@ def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=No
     """Train (or go on training) a guide on the style's prior draws; the style's name goes into its
     metadata.  Other keywords go to :func:`infcomp.compile` (``checkpoint=``, ``lr=``, ...).
 
+    A new breaker's network is built with the style's own settings (:attr:`CaptchaStyle.network`),
+    each overridden by a field of ``config=`` (a dict; a :class:`~infcomp.nn.network.NetworkConfig`
+    replaces them all); a resumed ``guide`` keeps the network it was built with.
+
     ``echo``: each batch is trained on this many times (data echoing, :class:`infcomp.data.Echo`).
     On a 2-core CPU a rendered CAPTCHA costs more to draw than a gradient step on it; with three
     the trainer, not the renderer, sets the pace (baidu2011, 10 minutes at lr 2e-3: 5,156 steps on
@@ -54,9 +59,12 @@ def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=No
     against 27.3%; ``benchmarks/README.md``).
     """
     style = get_style(style) if isinstance(style, str) else style
+    config = kwargs.pop("config", None)
+    if guide is None and not isinstance(config, NetworkConfig):
+        config = {**style.network, **(config or {})} or None
     return infcomp.compile(
         style.model, "image", num_traces, minutes=minutes, guide=guide, seed=seed, workers=workers,
-        batch_size=batch_size, echo=echo, progress=progress, metadata={"style": style.name}, **kwargs,
+        batch_size=batch_size, echo=echo, progress=progress, metadata={"style": style.name}, config=config, **kwargs,
     )
 
 

@@ -29,4 +29,7 @@ STYLE = CaptchaStyle(
     ),
     fixed=dict(line_width=1, dot_radius=0.8, noise=0.02),
     bandwidth=0.15,
+    # six digits in as little as 33 px: 4-px columns read 91.5% of strings against 86.7% at 8 px
+    # in same-day hours (benchmarks/README.md, session 21)
+    network={"column_pixels": 4},
 )

@@ -28,6 +28,7 @@ import pyro.poutine as poutine
 import torch
 
 from infcomp.abc import PixelKernel, RandomProjectionKernel
+from infcomp.nn.network import NetworkConfig
 
 from .fonts import font_source
 from .render import CaptchaSpec, render, seed_from_uniform
@@ -103,6 +104,9 @@ class CaptchaStyle:
         (:class:`infcomp.abc.RandomProjectionKernel` with ``projection_dim`` directions).
     :param text_only: render the text alone (:meth:`CaptchaSpec.text_layer`): a read-time model,
         see :meth:`with_text_only`.
+    :param network: :class:`~infcomp.nn.network.NetworkConfig` fields that this style's breakers are
+        built with unless the compile asks for others (:func:`~infcomp_models.captcha.breaker.compile_breaker`),
+        e.g. ``{"column_pixels": 4}`` where its letters are too narrow for 8-pixel columns.
     """
 
     name: str
@@ -122,6 +126,7 @@ class CaptchaStyle:
     projection_dim: int = 128
     description: str = ""
     text_only: bool = False
+    network: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
@@ -143,6 +148,10 @@ class CaptchaStyle:
         bad = set(self.fixed) - _SPEC_FIELDS
         if bad:
             raise ValueError(f"style {self.name!r}: unknown CaptchaSpec fields in fixed: {sorted(bad)}")
+        try:
+            NetworkConfig(**self.network)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"style {self.name!r}: network {dict(self.network)!r}: {e}") from None
 
     # ------------------------------------------------------------------ structure
 
