@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import pyro
-import pyro.poutine as poutine
-
 import infcomp
 from infcomp_models.captcha import save_gallery
 from infcomp_models.captcha.breaker import load_breaker, read_greedy
-from infcomp_models.captcha.style import latent_values
 
 
 def top_reading(post, style):
@@ -46,9 +42,7 @@ def main():
     print(f"{a.model} ({style.name}): draws {a.start}..{a.start + a.n - 1}, {a.particles} particles")
     rows, t0 = [], time.time()
     for i in range(a.start, a.start + a.n):
-        pyro.set_rng_seed(a.seed + 1_000_003 + i)
-        trace = poutine.trace(style.model).get_trace()
-        label, image = style.reading(latent_values(trace)), trace.nodes["image"]["value"]
+        image, label = style.sample(a.seed + 1_000_003 + i)  # `infcomp evaluate`'s draw i
         full = infcomp.infer(style.model, guide, image, num_samples=a.particles, seed=a.seed + i)
         only = infcomp.infer(text.model, guide, image, num_samples=a.particles, seed=a.seed + i)
         readings = {style.reading(full.values(j)) for j in range(a.particles)}

@@ -44,7 +44,7 @@ ECHO = 3.0  # see compile_breaker
 
 
 def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=None, workers=None,
-                    batch_size=64, echo=ECHO, progress=True, **kwargs):
+                    batch_size=64, echo=ECHO, progress=True, config=None, **kwargs):
     """Train (or go on training) a guide on the style's prior draws; the style's name goes into its
     metadata.  Other keywords go to :func:`infcomp.compile` (``checkpoint=``, ``lr=``, ...).
 
@@ -59,7 +59,6 @@ def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=No
     against 27.3%; ``benchmarks/README.md``).
     """
     style = get_style(style) if isinstance(style, str) else style
-    config = kwargs.pop("config", None)
     if guide is None and not isinstance(config, NetworkConfig):
         config = {**style.network, **(config or {})} or None
     return infcomp.compile(
