@@ -73,7 +73,7 @@ def traces_per_second(style, seconds=2.0):
 
 def compile_in_child(style, minutes, out, echo=None, options=()):
     """Run `infcomp compile` in a child process, so its peak memory (and its workers') is measurable."""
-    cmd = [sys.executable, "-m", "infcomp.cli", "compile", "--style", style, "--minutes", str(minutes),
+    cmd = [sys.executable, "-m", "infcomp_models.captcha.cli", "compile", "--style", style, "--minutes", str(minutes),
            "--out", str(out), "--quiet"] + ([] if echo is None else ["--echo", str(echo)]) + list(options)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def compile_in_child(style, minutes, out, echo=None, options=()):
 
 
 def main(argv=None):
-    from infcomp.cli import _read_all, _summary  # the same reads and figures as `infcomp evaluate`
+    from infcomp_models.captcha.cli import _read_all, _summary  # the same reads and figures as `infcomp evaluate`
     from infcomp_models.captcha import STYLES, get_style
     from infcomp_models.captcha.breaker import load_breaker
 

@@ -30,7 +30,7 @@ SCHEMES = ("really_simple_captcha", "captcha_images_v2")
 
 
 def run(cmd):
-    proc = subprocess.run([sys.executable, "-m", "infcomp.cli", *cmd], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "infcomp_models.captcha.cli", *cmd], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     return proc.stdout

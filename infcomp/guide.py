@@ -16,9 +16,9 @@ import pyro.poutine as poutine
 
 from .handler import ObservationState, ProposalMessenger
 from .nn.network import InferenceNetwork, NetworkConfig
-from .traces import ObservationSpec, PriorSampler, SiteSpec, check_consistent
+from .traces import ObservationSpec, PriorSampler, SiteSpec, check_consistent, observation_specs
 
-__all__ = ["Guide", "load", "FORMAT", "VERSION"]
+__all__ = ["Guide", "load", "build_guide", "default_lr", "FORMAT", "VERSION"]
 
 FORMAT = "infcomp-guide"
 VERSION = 1
@@ -261,3 +261,36 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     if model is not None:
         guide.bind_model(model, model_args, model_kwargs)
     return guide
+
+
+def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, embedding=None,
+                config=None, device="cpu") -> Guide:
+    """A new guide for ``model`` (its network sized from the ``validation`` trace records), or
+    ``guide`` checked against the model and bound to it.  ValueError if a resumed guide observes
+    other sites or was built with another network than ``config`` asks for."""
+    if guide is None:
+        if isinstance(config, dict):
+            config = NetworkConfig(**config)
+        obs_specs = observation_specs(validation[0])
+        network = InferenceNetwork(obs_specs, config, embedding)
+        network.embed.set_normalization(
+            {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
+        )
+        return Guide(network.to(device), observe, model, model_args, model_kwargs)
+    if tuple(guide.observe) != tuple(observe):
+        raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
+    if embedding is not None:
+        raise ValueError("embedding= builds a new guide's network; the guide to resume has its own")
+    for key, have, wanted in guide.network.cfg.differences(config or {}):
+        raise ValueError(
+            f"config: the guide to resume was built with {key}={have!r}, not {wanted!r} "
+            "(config= sets up a new guide's network: resume without it, or compile a new guide)"
+        )
+    return guide.bind_model(model, model_args, model_kwargs)
+
+
+def default_lr(guide) -> float:
+    """Adam's default learning rate for training ``guide``: 1e-3 for an image embedding built
+    without ``conv_norm`` (its CNN stalls on noisy images at a higher rate), else 3e-3."""
+    net = guide.network
+    return 1e-3 if net.embed.memory_dim and not net.cfg.conv_norm else 3e-3

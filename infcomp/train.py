@@ -21,10 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Echo, batch_stream, collate
-from .guide import Guide
-from .nn.network import InferenceNetwork, NetworkConfig
+from .guide import Guide, build_guide, default_lr
 from .threads import limited_threads
-from .traces import PriorSampler, normalize_observe, observation_specs
+from .traces import PriorSampler, normalize_observe
 
 __all__ = ["compile", "Trainer"]
 
@@ -159,26 +158,10 @@ def compile(
 
     validation = [sampler.sample() for _ in range(validation_size)]
     _check_validation(validation, observe)
-    obs_specs = observation_specs(validation[0])
-    if guide is None:
-        if isinstance(config, dict):
-            config = NetworkConfig(**config)
-        network = InferenceNetwork(obs_specs, config, embedding)
-        network.embed.set_normalization(
-            {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
-        )
-        guide = Guide(network.to(device), observe, model, model_args, model_kwargs)
-    else:
-        if tuple(guide.observe) != observe:
-            raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
-        if embedding is not None:
-            raise ValueError("embedding= builds a new guide's network; the guide to resume has its own")
-        if config is not None:
-            _check_config(guide.network.cfg, config)
-        guide.bind_model(model, model_args, model_kwargs)
+    guide = build_guide(model, observe, validation, model_args, model_kwargs, guide=guide, embedding=embedding,
+                        config=config, device=device)
     if lr is None:
-        net = guide.network
-        lr = 1e-3 if net.embed.memory_dim and not net.cfg.conv_norm else 3e-3
+        lr = default_lr(guide)
     guide.metadata.update(metadata or {})
     trainer = Trainer(guide, sampler, validation, lr, batch_size, device)
     guide.invalidate()
@@ -243,16 +226,6 @@ def compile(
     if checkpoint is not None:
         guide.save(checkpoint)
     return guide
-
-
-def _check_config(built: NetworkConfig, config) -> None:
-    """A resumed guide keeps the network it was built with: a ``config=`` that asks for another is an
-    error, not ignored."""
-    for key, have, wanted in built.differences(config):
-        raise ValueError(
-            f"config: the guide to resume was built with {key}={have!r}, not {wanted!r} "
-            "(config= sets up a new guide's network: resume without it, or compile a new guide)"
-        )
 
 
 def _finish(guide, trainer, done, seen, steps, elapsed, val, waited, interrupted=False) -> Guide:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import infcomp
-from infcomp.cli import main
+from infcomp_models.captcha.cli import main
 from infcomp_models.captcha import get_style
 from infcomp.nn.network import NetworkConfig
 from infcomp_models.captcha.breaker import (char_accuracy, char_confusions, compile_breaker, describe_confusions,
@@ -201,7 +201,7 @@ def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):
 
 
 def test_calibration_scores():
-    from infcomp.cli import _calibration
+    from infcomp_models.captcha.cli import _calibration
 
     # two bins: p=0.95 twice (one right), p=0.25 twice (none right)
     c = _calibration([0.95, 0.95, 0.25, 0.25], [True, False, False, False])
@@ -264,7 +264,7 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
 
     path = tmp_path / "term.pt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infcomp.cli", "compile", "--style", "baidu2011", "--traces", "100000000",
+        [sys.executable, "-m", "infcomp_models.captcha.cli", "compile", "--style", "baidu2011", "--traces", "100000000",
          "--out", str(path), "--workers", str(workers), "--batch-size", "16", "--checkpoint-every", "60"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=whole_group,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infcomp.cli import main
+from infcomp_models.captcha.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-captchas"
 

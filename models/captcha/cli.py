@@ -15,27 +15,21 @@ import signal
 import sys
 from pathlib import Path
 
-from .nn.embeddings import CNNEmbedding
+from infcomp.nn.embeddings import CNNEmbedding
+from infcomp_models import captcha
+
+from . import breaker
 
 __all__ = ["main"]
 
 
-def _captcha():
-    from infcomp_models import captcha
-    from infcomp_models.captcha import breaker
-
-    return captcha, breaker
-
-
 def cmd_styles(args):
-    captcha, _ = _captcha()
     for name, style in captcha.STYLES.items():
         n = f"{style.min_letters}-{style.max_letters}" if style.variable_length else str(style.min_letters)
         print(f"{name:22s} {n:>5s} letters  {style.width}x{style.height}  alphabet {style.alphabet}")
 
 
 def cmd_samples(args):
-    captcha, _ = _captcha()
     style = captcha.get_style(args.style)
     images, titles = [], []
     for i in range(args.n):
@@ -127,7 +121,6 @@ def _built_with(key, built, wanted):
 
 
 def cmd_compile(args):
-    captcha, breaker = _captcha()
     style = captcha.get_style(args.style)
     out = Path(args.out)
     guide = None
@@ -212,7 +205,6 @@ def _summary(rows, greedy_ms, posterior_ms):
         if post:
             out["recognition_rate_posterior"] = sum(r["posterior"] == r["label"] for r in post) / len(post)
         out["char_accuracy"] = sum(r["char_accuracy"] for r in labelled) / len(labelled)
-        _, breaker = _captcha()
         out["char_confusions"] = breaker.char_confusions((r["reading"], r["label"]) for r in labelled)
         confident = [r for r in post if r["probability"] > 0.9]
         out["confident_share"] = len(confident) / len(post) if post else None
@@ -244,7 +236,6 @@ def _calibration(probs, correct, bins=10):
 def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress, temperature=1.0):
     from tqdm.auto import tqdm
 
-    _, breaker = _captcha()
     rows, t_greedy, t_post, n_post = [], 0.0, 0.0, 0
     for i, (image, label, name) in enumerate(
         tqdm(list(zip(images, labels, names)), disable=not progress, desc="reading", unit="captcha")
@@ -282,7 +273,6 @@ def _print_summary(s):
               + (f", posterior {100 * s['recognition_rate_posterior']:.1f}%" if "recognition_rate_posterior" in s else "")
               + f"]; per-character accuracy {100 * s['char_accuracy']:.1f}%")
         if s["char_confusions"]:
-            _, breaker = _captcha()
             print(f"most frequent character errors (label -> read): {breaker.describe_confusions(s['char_confusions'])}")
         if s.get("accuracy_when_confident") is not None:
             print(f"readings with probability > 0.9: {100 * s['confident_share']:.0f}% of them, "
@@ -292,7 +282,6 @@ def _print_summary(s):
 
 
 def _gallery(rows, images, path, n=16):
-    captcha, _ = _captcha()
     sel = list(range(min(n, len(rows))))
     titles = []
     for i in sel:
@@ -304,7 +293,6 @@ def _gallery(rows, images, path, n=16):
 
 
 def cmd_break(args):
-    captcha, breaker = _captcha()
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels, names, errors = [], [], [], []
     for f in args.files:
@@ -338,7 +326,6 @@ def cmd_break(args):
 
 
 def cmd_evaluate(args):
-    captcha, breaker = _captcha()
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels = [], []
     drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever it reads with
