@@ -123,9 +123,9 @@ def main(argv=None):
         row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained,
                    column_pixels=guide.network.cfg.column_pixels)
         run = guide.last_run
-        row["fresh_traces_per_s"] = run["traces_per_second"]
+        row["fresh_traces_per_s"] = run.traces_per_second
         # what the network trains on per second (echoed batches count again): the figure to set against pyprob's
-        row["train_traces_per_s"] = run["trained_traces_per_second"]
+        row["train_traces_per_s"] = run.trained_traces_per_second
         images, labels = [], []
         for i in range(args.n):
             image, text = style.sample(args.seed + i)  # the style as compiled, whatever it reads with

@@ -211,11 +211,11 @@ def run_infcomp(name, num_traces, num_samples, seed):
     posterior = infcomp.infer(model, guide, y, num_samples=num_samples, seed=seed + 1)
     infer_s = time.perf_counter() - t0
     return {
-        "traces": run["traces"],
-        "train_tps": run["traces_per_second"],
+        "traces": run.traces,
+        "train_tps": run.traces_per_second,
         "train_s": wall,
-        "train_loop_s": run["seconds"],
-        "validation_loss": run["validation_loss"],
+        "train_loop_s": run.seconds,
+        "validation_loss": run.validation_loss,
         "infer_s": infer_s,
         **summarize(name, posterior),
     }

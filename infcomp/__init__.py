@@ -5,11 +5,18 @@ model's own prior draws; ``infer(model, guide, observation)`` uses it.
 """
 
 from . import abc
-from .guide import Guide, load
+from .files import load
+from .guide import Guide
 from .infer import greedy, infer
+from .nn.encoders import CNNConfig
+from .nn.network import NetworkConfig
+from .nn.proposals import ProposalFamily, register_family
 from .posterior import Marginal, Posterior
 from .temper import temper
-from .train import compile
+from .train import Callback, RunStats, compile
 
-__all__ = ["compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc"]
+__all__ = [
+    "compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc",
+    "NetworkConfig", "CNNConfig", "ProposalFamily", "register_family", "Callback", "RunStats",
+]
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Approximate-likelihood (ABC) kernels: observe a tensor given a rendered one.
 
-A simulator such as a CAPTCHA renderer has no tractable likelihood.  ABC replaces
+A simulator such as an image renderer has no tractable likelihood.  ABC replaces
 it with a kernel around the simulator's output: ``p(image | latents) = K(image;
 render(latents), bandwidth)``.  The kernels here are ordinary Pyro distributions,
 so a model writes::
@@ -101,8 +101,8 @@ class RandomProjectionKernel(TorchDistribution):
 
     ``log p(x | r) = sum_k log Normal(P x; P r, bandwidth)`` with ``P`` a ``dim x D``
     matrix of orthonormal rows (:func:`random_projection`), ``D`` the number of
-    elements in one event.  This is the kernel of the original Anglican CAPTCHA
-    models: it compares images by a few hundred random directions instead of every
+    elements in one event.  As in the Anglican models of Le et al. (2017), it
+    compares images by a few hundred random directions instead of every
     pixel, which is smoother in the latents.
     """
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .traces import PriorSampler
 
-__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "batch_stream", "Echo"]
+__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "worker_seed", "batch_stream", "check_echo", "Echo"]
 
 
 @dataclass
@@ -95,8 +95,20 @@ def prior_batches(sampler: PriorSampler, batch_size: int):
         yield collate(records, sampler.specs)
 
 
+def worker_seed(seed: int, worker: int) -> int:
+    """The seed trace worker ``worker`` draws from (worker 0 also for a stream drawn in this process)."""
+    return seed + 104729 * (worker + 1)
+
+
 class PriorTraceStream(IterableDataset):
-    """Endless batches of prior traces; each worker draws from its own seed."""
+    """Endless batches of prior traces; each worker draws from its own seed.
+
+    Iterating the stream seeds Pyro's generators (torch, ``random``, NumPy) in the process it
+    runs in with :func:`worker_seed`: a worker's own process, or, outside a DataLoader, the
+    caller's, whose later draws (a new address's initial weights in a training step) then go
+    on from that seed too.  That is what makes a ``workers=0`` run reproducible; a caller who
+    keeps its own draws runs the stream inside :func:`infcomp.rng.fork_rng`, as ``compile`` does.
+    """
 
     def __init__(self, sampler: PriorSampler, batch_size: int, seed: int):
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
@@ -104,7 +116,7 @@ class PriorTraceStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        pyro.set_rng_seed(self.seed + 104729 * (worker + 1))
+        pyro.set_rng_seed(worker_seed(self.seed, worker))
         self.sampler.validate = False  # the validation set already ran with Pyro's checks on
         return prior_batches(self.sampler, self.batch_size)
 
@@ -120,7 +132,8 @@ def _init_worker(worker_id):
 
 
 def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int):
-    """An iterator of training batches, drawn in ``workers`` processes (0: in this one)."""
+    """An iterator of training batches, drawn in ``workers`` processes (0: in this one, which
+    it seeds: see :class:`PriorTraceStream`)."""
     stream = PriorTraceStream(sampler, batch_size, seed)
     if workers == 0:
         return iter(stream)
@@ -128,20 +141,25 @@ def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int
     return iter(loader)
 
 
+def check_echo(factor):
+    """ValueError unless ``factor`` is a valid echo factor: at least 1 (each batch trained on once)."""
+    if not factor >= 1:
+        raise ValueError(f"echo must be at least 1 (each batch trained on once), got {factor!r}")
+
+
 class Echo:
     """Data echoing (Choi et al. 2019, *Faster Neural Network Training with Data Echoing*): each
     fresh batch is trained on ``factor`` times in all, its repeats at random later steps.
 
-    When drawing a trace costs about as much as a gradient step on it (a rendered CAPTCHA on a
+    When drawing a trace costs about as much as a gradient step on it (an image rendered on a
     CPU), repeats buy more steps per hour for fewer fresh traces.  Repeats wait in a pool of at
     least ``pool`` batches and are drawn from it at random, so a batch comes back on average
-    about that many steps later, when the network has moved on.  A fractional factor repeats that share of
-    batches once more on average.  Iterating gives ``(batch, fresh)``.
+    about that many steps later, when the network has moved on.  A fractional factor repeats
+    that share of batches once more on average.  Iterating gives ``(batch, fresh)``.
     """
 
     def __init__(self, stream, factor: float, pool: int = 16, seed: int = 0):
-        if not factor >= 1:
-            raise ValueError(f"echo must be at least 1 (each batch trained on once), got {factor!r}")
+        check_echo(factor)
         self.stream, self.factor, self.pool = stream, float(factor), pool
         self.rng = random.Random(seed)
         self.waiting = []  # [batch, repeats left]

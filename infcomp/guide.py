@@ -9,21 +9,15 @@ convention) or from :meth:`Guide.condition`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import pyro.poutine as poutine
 
 from .handler import ObservationState, ProposalMessenger
-from .nn.network import InferenceNetwork, NetworkConfig
-from .traces import ObservationSpec, PriorSampler, SiteSpec, check_consistent, observation_specs
+from .nn.encoders import CNNConfig
+from .nn.network import InferenceNetwork, NetworkConfig, split_config
+from .traces import PriorSampler, check_consistent, observation_specs
 
-__all__ = ["Guide", "load", "build_guide", "default_lr", "FORMAT", "VERSION"]
-
-FORMAT = "infcomp-guide"
-VERSION = 1
-#: What a network setting meant in files saved before the setting existed (they lack its key).
-LEGACY_CONFIG = {"conv_norm": False, "share_heads": False, "column_rnn": 0, "memory_columns": 16}
+__all__ = ["Guide", "build_guide", "default_lr"]
 
 
 class Guide:
@@ -36,10 +30,10 @@ class Guide:
         self.optimizer_state = None
         self.traces_trained = 0
         self.history = []  # (traces, train loss, validation loss)
-        self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. a CAPTCHA style)
+        self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. what the guide is for)
         self.last_run = None  # figures of the latest compile run (traces, seconds, ...)
         self._states = {}  # observation -> ObservationState
-        self._per_address = {}  # address -> network.address_constants(address)
+        self._address_terms = {}  # address -> network.address_terms(address)
         self._warned = set()
         self._checked_model = model
 
@@ -53,7 +47,7 @@ class Guide:
 
     @property
     def device(self):
-        return self.network.family_embedding.weight.device
+        return self.network.lstm.weight_hh_l0.device
 
     # -- observations -------------------------------------------------------------
     def check_observation(self, observation) -> dict:
@@ -102,13 +96,13 @@ class Guide:
             return hit
         if len(self._states) > 8:
             self._states.clear()
-        state = self._states[key] = ObservationState(self.network, observation, self._per_address)
+        state = self._states[key] = ObservationState(self.network, observation, self._address_terms)
         return state
 
     def invalidate(self):
         """Forget cached per-observation and per-address work (the network's weights are changing)."""
         self._states.clear()
-        self._per_address.clear()
+        self._address_terms.clear()
 
     # -- the model ----------------------------------------------------------------
     def check_model(self, model, model_args=(), model_kwargs=None):
@@ -128,7 +122,7 @@ class Guide:
         self._checked_model = model
 
     def bind_model(self, model, model_args=None, model_kwargs=None):
-        if model != self._checked_model:  # ==, not is: a style's bound method is a new object on each access
+        if model != self._checked_model:  # ==, not is: a bound method is a new object on each access
             self.check_model(
                 model,
                 self.model_args if model_args is None else model_args,
@@ -168,31 +162,12 @@ class Guide:
 
         return conditioned_guide
 
-    # -- save and load ------------------------------------------------------------
+    # -- save ---------------------------------------------------------------------
     def save(self, path):
         """Write the guide to ``path`` (atomically: a save cut short leaves the old file whole)."""
-        net = self.network
-        path = os.fspath(path)
-        tmp = f"{path}.saving"
-        torch.save(
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "config": net.cfg.to_dict(),
-                "observe": list(self.observe),
-                "obs_specs": [s.to_dict() for s in net.obs_specs.values()],
-                "sites": [net.specs[n].to_dict() for n in net.specs],
-                "custom_embedding": net.embed.custom is not None,
-                "state_dict": net.state_dict(),
-                "optimizer": self.optimizer_state,
-                "traces_trained": self.traces_trained,
-                "history": [list(h) for h in self.history],
-                "metadata": dict(self.metadata),
-                "last_run": self.last_run,
-            },
-            tmp,
-        )
-        os.replace(tmp, path)
+        from .files import save
+
+        save(self, path)
 
     def __repr__(self):
         return (
@@ -205,92 +180,64 @@ def _kind(dtype):
     return "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "complex" if dtype.is_complex else "int"
 
 
-def _corrupt(path, why):
-    return ValueError(f"{path} is not a usable infcomp guide file (corrupt or foreign): {why}")
+def _network_settings(config, encoder, embedding):
+    """``(NetworkConfig fields, CNNConfig or None, user encoder module or None)`` from compile's
+    ``config=``, ``encoder=`` and ``embedding=``; ValueError naming the argument at fault."""
+    if embedding is not None and encoder is not None:
+        raise ValueError("embedding= is the older name of encoder=: pass one of them")
+    encoder = embedding if encoder is None else encoder
+    if encoder is not None and not isinstance(encoder, (CNNConfig, torch.nn.Module)):
+        raise TypeError(f"encoder= takes an infcomp.CNNConfig or a torch.nn.Module, got {type(encoder).__name__}")
+    if config is None:
+        fields = {}
+    elif isinstance(config, NetworkConfig):
+        fields = config.to_dict()
+    elif isinstance(config, dict):
+        fields = dict(config)
+    else:
+        raise TypeError(f"config= takes a NetworkConfig or a dict of its fields, got {type(config).__name__}")
+    fields, cnn_fields = split_config(fields)
+    NetworkConfig().differences(fields)  # a ValueError naming an unknown field
+    cnn = encoder if isinstance(encoder, CNNConfig) else None
+    if cnn_fields:
+        if isinstance(encoder, torch.nn.Module):
+            raise ValueError(f"config= sets the default image encoder's {sorted(cnn_fields)}, but encoder= is your own module")
+        cnn = (cnn or CNNConfig()).replace(**cnn_fields)
+    return fields, cnn, encoder if isinstance(encoder, torch.nn.Module) else None
 
 
-def _layout_mismatch(net, state: dict) -> str:
-    """A short account of how a saved state dict's tensors differ from ``net``'s, or ''."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    parts = [f"{len(v)} {what}, e.g. {v[0]!r}" for what, v in
-             (("tensors missing", missing), ("unexpected tensors", extra), ("tensors of another shape", shapes)) if v]
-    return "; ".join(parts)
-
-
-def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, device="cpu") -> Guide:
-    """Load a saved guide; with ``model=``, check that the model's addresses and observation shapes match."""
-    try:
-        data = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # pickle, zip or unpickling errors: not our file
-        raise _corrupt(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise _corrupt(path, "it has no infcomp-guide header")
-    if data.get("version") != VERSION:
-        raise _corrupt(path, f"format version {data.get('version')!r}, this infcomp reads version {VERSION}")
-    try:
-        cfg = NetworkConfig(**{**LEGACY_CONFIG, **data["config"]})
-        obs_specs = {d["name"]: ObservationSpec.from_dict(d) for d in data["obs_specs"]}
-        if data["custom_embedding"] and embedding is None:
-            raise ValueError(f"{path} was compiled with a custom observation embedding: pass it again as embedding=")
-        net = InferenceNetwork(obs_specs, cfg, embedding)
-        for d in data["sites"]:
-            net.add_site(SiteSpec.from_dict(d))
-        mismatch = _layout_mismatch(net, data["state_dict"])
-        if mismatch:
-            raise ValueError(
-                f"{path} holds a network of another layout than this infcomp builds ({mismatch}): "
-                "it was saved by another version; compile it again"
-            )
-        net.load_state_dict(data["state_dict"])
-    except ValueError:
-        raise
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise _corrupt(path, f"{type(e).__name__}: {e}") from None
-    net.to(device)
-    guide = Guide(net, data["observe"], None, model_args, model_kwargs)
-    guide.optimizer_state = data.get("optimizer")
-    guide.traces_trained = int(data.get("traces_trained", 0))
-    guide.history = [tuple(h) for h in data.get("history", [])]
-    guide.metadata = dict(data.get("metadata", {}))
-    guide.last_run = data.get("last_run")
-    if model is not None:
-        guide.bind_model(model, model_args, model_kwargs)
-    return guide
-
-
-def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, embedding=None,
-                config=None, device="cpu") -> Guide:
+def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, encoder=None,
+                embedding=None, config=None, families=(), device="cpu") -> Guide:
     """A new guide for ``model`` (its network sized from the ``validation`` trace records), or
     ``guide`` checked against the model and bound to it.  ValueError if a resumed guide observes
-    other sites or was built with another network than ``config`` asks for."""
+    other sites or was built with another network than ``config`` or ``encoder`` ask for."""
+    fields, cnn, module = _network_settings(config, encoder, embedding)
     if guide is None:
-        if isinstance(config, dict):
-            config = NetworkConfig(**config)
         obs_specs = observation_specs(validation[0])
-        network = InferenceNetwork(obs_specs, config, embedding)
-        network.embed.set_normalization(
+        network = InferenceNetwork(obs_specs, NetworkConfig(**fields), module, cnn, families)
+        network.encoder.set_normalization(
             {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
         )
         return Guide(network.to(device), observe, model, model_args, model_kwargs)
     if tuple(guide.observe) != tuple(observe):
         raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
-    if embedding is not None:
-        raise ValueError("embedding= builds a new guide's network; the guide to resume has its own")
-    for key, have, wanted in guide.network.cfg.differences(config or {}):
+    if module is not None:
+        raise ValueError("encoder= builds a new guide's network; the guide to resume has its own")
+    for key, have, wanted in guide.network.cfg.differences(fields):
         raise ValueError(
             f"config: the guide to resume was built with {key}={have!r}, not {wanted!r} "
             "(config= sets up a new guide's network: resume without it, or compile a new guide)"
+        )
+    for key, have, wanted in guide.network.encoder.cnn.differences(cnn) if cnn is not None else ():
+        raise ValueError(
+            f"encoder: the guide to resume was built with CNNConfig({key}={have!r}), not {wanted!r} "
+            "(encoder= sets up a new guide's network: resume without it, or compile a new guide)"
         )
     return guide.bind_model(model, model_args, model_kwargs)
 
 
 def default_lr(guide) -> float:
-    """Adam's default learning rate for training ``guide``: 1e-3 for an image embedding built
-    without ``conv_norm`` (its CNN stalls on noisy images at a higher rate), else 3e-3."""
-    net = guide.network
-    return 1e-3 if net.embed.memory_dim and not net.cfg.conv_norm else 3e-3
+    """Adam's default learning rate for training ``guide``: 1e-3 for an image encoder built
+    without a norm (its CNN stalls on noisy images at a higher rate), else 3e-3."""
+    enc = guide.network.encoder
+    return 1e-3 if enc.uses_cnn and not enc.cnn.norm else 3e-3

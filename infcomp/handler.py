@@ -24,31 +24,31 @@ __all__ = ["ProposalMessenger", "ObservationState"]
 class ObservationState:
     """Per-observation work the network does once, not once per particle.
 
-    Holds the observation's embedding, each address's folded constants, and the
-    first address's proposal (its LSTM input depends on nothing but the observation).
+    Holds the observation's summary, each address's :class:`~infcomp.nn.network.StepTerms`,
+    and the first address's proposal (its LSTM input depends on nothing but the observation).
     """
 
-    def __init__(self, network, observation: dict, per_address: dict):
+    def __init__(self, network, observation: dict, address_terms: dict):
         self.network = network
         self.observation = observation
-        self.per_address = per_address  # address -> its constants, shared by all observations (the guide keeps it)
+        self.address_terms = address_terms  # address -> its AddressTerms, shared by all observations (the guide keeps it)
         with torch.no_grad():
             self.obs_e, self.attend = network.start(observation)
             self.obs_gates = network.observation_gates(self.obs_e)
             self.initial = network.initial_state(self.obs_e)
             self.w_prev = network.prev_weight()
-        self._consts = {}
+        self._step_terms = {}
         self._first = None  # (name, context, proposal or point, lstm state, greedy)
 
-    def constants(self, name):
-        c = self._consts.get(name)
-        if c is None:
+    def step_terms(self, name):
+        terms = self._step_terms.get(name)
+        if terms is None:
             with torch.no_grad():
-                a = self.per_address.get(name)
+                a = self.address_terms.get(name)
                 if a is None:
-                    a = self.per_address[name] = self.network.address_constants(name)
-                c = self._consts[name] = self.network.constants(self.obs_e, self.obs_gates, a, name)
-        return c
+                    a = self.address_terms[name] = self.network.address_terms(name)
+                terms = self._step_terms[name] = self.network.step_terms(self.obs_e, self.obs_gates, a, name)
+        return terms
 
     def step(self, hc, prev, name, context, first, greedy=False):
         """``(proposal or None, new LSTM state)`` at address ``name``; with ``greedy``, the
@@ -57,7 +57,7 @@ class ObservationState:
             f = self._first
             if f is not None and f[0] == name and f[4] == greedy and torch.equal(f[1], context):
                 return f[2], f[3]
-        params, hc = self.network.step(hc, prev, name, self.constants(name), self.w_prev, self.attend)
+        params, hc = self.network.step(hc, prev, name, self.step_terms(name), self.w_prev, self.attend)
         out = None
         if params is not None:
             family = self.network.families[self.network.specs[name].family]
@@ -96,7 +96,7 @@ class ProposalMessenger(Messenger):
             return
         base, event_dim = unwrap(fn)
         if type(base).__name__ != spec.dist or tuple(fn.shape()) != spec.value_shape:
-            check_consistent(spec, site_spec(name, fn))
+            check_consistent(spec, site_spec(name, fn, self.network.families))
         context = self.network.families[spec.family].context(base)
         with torch.no_grad():
             if self._last is not None:

@@ -20,6 +20,7 @@ from pyro.poutine.runtime import NonlocalExit
 from tqdm.auto import tqdm
 
 from .posterior import Posterior
+from .rng import fork_rng
 from .threads import limited_threads
 from .traces import is_latent, normalize_observe
 
@@ -74,6 +75,9 @@ def infer(
     :param guide: a compiled :class:`~infcomp.Guide`, or ``None`` to propose from the prior.
     :param observation: a tensor (one observed site) or a dict site -> tensor.
     :param observe: with ``guide=None``, the observed site name(s) (taken from a dict observation if omitted).
+    :param seed: draw as after ``pyro.set_rng_seed(seed)``, and leave the caller's random number
+        generators as they were (:func:`~infcomp.rng.fork_rng`); without it the particles draw
+        from, and advance, the caller's generators, as a Pyro model run does.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
@@ -92,11 +96,9 @@ def infer(
         for n, v in obs.items():
             if torch.is_tensor(v) and v.dtype.is_floating_point and bool(torch.isnan(v).any()):
                 raise ValueError(f"observation for site {n!r} contains NaN")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-
     conditioned = poutine.condition(model, data=obs)
-    with limited_threads():  # particles run one by one on small tensors: extra threads only contend
+    # particles run one by one on small tensors: extra threads only contend
+    with fork_rng(seed), limited_threads():
         return _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress)
 
 
@@ -130,7 +132,7 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
 
     :param stop_before: a site name or names: the pass ends where the model reaches the first
         of them (``poutine.escape``), and returns the values drawn before it.  A read that needs
-        only the early sites (a CAPTCHA's letters) skips the guide's steps and the model's work
+        only the early sites (the text drawn before the picture) skips the guide's steps and the model's work
         after them; each value drawn is the same as in the full pass.
     """
     model_kwargs = dict(model_kwargs or {})

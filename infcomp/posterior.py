@@ -76,14 +76,12 @@ class Marginal:
 
     def plot(self, path=None, ax=None, bins=40, exact=None, label="posterior"):
         """Histogram of a scalar site; ``exact``: an optional ``callable(x) -> density`` drawn over it."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         own = ax is None
-        if own:
-            fig, ax = plt.subplots(figsize=(5, 3.2))
+        if own:  # a Figure without pyplot: no backend switched, no global figure list
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(5, 3.2))
+            ax = fig.subplots()
         density, edges = self.histogram(bins)
         ax.stairs(density.numpy(), edges.numpy(), fill=True, alpha=0.5, label=label)
         if exact is not None:
@@ -96,7 +94,6 @@ class Marginal:
             fig.tight_layout()
             if path is not None:
                 fig.savefig(path, dpi=120)
-            plt.close(fig)
         return ax
 
     def __repr__(self):
@@ -154,7 +151,7 @@ class Posterior:
     def probabilities(self, fn) -> dict:
         """Posterior probability of each value of ``fn(values)`` (a discrete summary), most probable first.
 
-        For example ``post.probabilities(lambda v: reading(v))`` gives a CAPTCHA's readings.
+        For example ``post.probabilities(lambda v: int(v["n"] > 2))`` gives the posterior of an event.
         """
         totals = {}
         for i, w in enumerate(self.weights.tolist()):

@@ -1,8 +1,8 @@
 """Flatten the guide's discrete proposals: ``q(z) -> q(z)^(1/T) / Z``.
 
 A guide compiled on a model's prior draws can be overconfident on an observation
-unlike those draws (a real CAPTCHA read by a breaker trained on synthetic ones): the
-right letter gets proposal probability 1e-3 and no particle ever tries it, though
+unlike those draws (real data read by a guide trained on simulated data): the right
+value of a discrete site gets proposal probability 1e-3 and no particle ever tries it, though
 the model's likelihood would prefer it by hundreds of nats.  Tempering a discrete
 proposal at ``T > 1`` gives such second choices a real share of the particles;
 importance weights stay exact (``p / q_T``, with ``q_T`` the tempered proposal), so
@@ -12,8 +12,8 @@ the estimate is still consistent and only its variance changes.
 (those with ``msg["infer"]["prior"]``, set by
 :class:`~infcomp.handler.ProposalMessenger`), so it wraps inference from outside::
 
-    with infcomp.temper(3.0, sites=["letter_0", "letter_1"]):
-        posterior = infcomp.infer(model, guide, image, num_samples=100)
+    with infcomp.temper(3.0, sites=["k_0", "k_1"]):
+        posterior = infcomp.infer(model, guide, observation, num_samples=100)
 
 Categorical and Bernoulli proposals are tempered exactly (their logits divided by
 ``T``).  Continuous proposals are left as they are (a tempered mixture has no closed

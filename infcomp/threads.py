@@ -1,8 +1,8 @@
 """How many threads torch and NumPy's BLAS may use while infcomp works.
 
 Trace workers, the trainer and particle-by-particle inference all run small tensor
-operations; extra threads only contend for the cores (on 2 cores, BLAS threads in every
-worker slowed training tenfold).
+operations; extra threads only contend for the cores, and BLAS threads in every worker
+multiply with the workers until the machine is oversubscribed many times over.
 """
 
 import contextlib

@@ -18,7 +18,7 @@ import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from .nn.proposals import FAMILIES, fit_family, unwrap
+from .nn.proposals import fit_family, make_families, unwrap
 
 __all__ = [
     "SiteSpec",
@@ -95,8 +95,9 @@ def normalize_observe(observe) -> tuple:
     return names
 
 
-def site_spec(name: str, fn) -> SiteSpec:
-    family = fit_family(fn)
+def site_spec(name: str, fn, families: dict) -> SiteSpec:
+    """The address table's entry for site ``name`` with prior ``fn``, its family fitted from ``families``."""
+    family = fit_family(fn, families)
     base, event_dim = unwrap(fn)
     k = int(base.logits.shape[-1]) if family == "categorical" else 0
     return SiteSpec(name, family, type(base).__name__, tuple(fn.shape()), event_dim, k)
@@ -134,12 +135,12 @@ class PriorSampler:
     back with another family or shape (an address must mean one thing).
     """
 
-    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=FAMILIES, validate=True):
+    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True):
         self.model = model
         self.observe = normalize_observe(observe)
         self.args = tuple(model_args)
         self.kwargs = dict(model_kwargs or {})
-        self.families = families
+        self.families = families if families is not None else make_families()
         self.validate = validate  # Pyro's argument checks; training workers turn them off for speed
         self.specs: dict[str, SiteSpec] = {}
         self._known = {}  # name -> (prior class, shape): a cheap identity check per trace
@@ -151,7 +152,7 @@ class PriorSampler:
         known = self._known.get(name)
         if known is not None and known == key:
             return self.specs[name]
-        spec = site_spec(name, fn)
+        spec = site_spec(name, fn, self.families)
         old = self.specs.get(name)
         if old is not None:
             check_consistent(old, spec)

@@ -48,11 +48,11 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
                  "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4",
                  "--no-conv-refine", "--seed", "0", "--quiet"]) == 0
     guide = infcomp.load(path)
-    convs = [m for m in guide.network.embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in guide.network.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 24]  # no fourth convolution
-    assert guide.network.embed.memory_dim == 24 * 4
+    assert guide.network.encoder.memory_dim == 24 * 4
     assert guide.network.attention.columns.hidden_size == 4
-    assert guide.network.embed.memory_len == 24  # the convolutions' own width: 96 pixels over 4
+    assert guide.network.encoder.memory_len == 24  # the convolutions' own width: 96 pixels over 4
     with pytest.raises(SystemExit, match="was built with --channels 8,16,24, not 16,32,64"):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "16,32,64",
               "--quiet"])
@@ -74,40 +74,39 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     with pytest.raises(SystemExit):
         main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "5"])
     assert "--column-pixels: invalid choice: 5" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"conv_channels \(12, 16, 24\): with conv_norm each must be a multiple of 8"):
-        infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
-                        config={"conv_channels": (12, 16, 24)})
-    with pytest.raises(ValueError, match="memory_columns must be 0 .* got -2"):
-        infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False,
-                        config={"memory_columns": -2})
+    with pytest.raises(ValueError, match=r"channels \(12, 16, 24\): with norm each must be a multiple of 8"):
+        infcomp.CNNConfig(channels=(12, 16, 24))
+    with pytest.raises(ValueError, match="columns must be 0 .* got -2"):
+        infcomp.CNNConfig(columns=-2)
     with pytest.raises(ValueError, match=r"column_pixels must be one of \(8, 4\), got 2"):
-        infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_pixels": 2})
+        infcomp.CNNConfig(column_pixels=2)
     with pytest.raises(ValueError, match="column_rnn must be 0 .* got -1"):
         infcomp.compile(get_style("baidu2011").model, "image", 64, workers=0, progress=False, config={"column_rnn": -1})
 
 
 def test_a_style_sets_its_breakers_network_unless_the_compile_asks_for_another(tmp_path, capsys):
     ebay = get_style("ebay")
-    assert ebay.network == {"column_pixels": 4}
-    assert compile_breaker(ebay, num_traces=64, workers=0, progress=False).network.cfg.column_pixels == 4
-    guide = compile_breaker(ebay, num_traces=64, workers=0, progress=False, config={"column_pixels": 8, "column_rnn": 4})
-    assert (guide.network.cfg.column_pixels, guide.network.cfg.column_rnn) == (8, 4)
-    assert compile_breaker(ebay, num_traces=64, workers=0, progress=False,
-                           config=NetworkConfig(column_rnn=4)).network.cfg.column_pixels == 8  # a whole config
-    assert compile_breaker("baidu2011", num_traces=64, workers=0, progress=False).network.cfg.column_pixels == 8
+    assert ebay.encoder == infcomp.CNNConfig(column_pixels=4)
+    assert compile_breaker(ebay, num_traces=64, workers=0, progress=False).network.encoder.cnn.column_pixels == 4
+    guide = compile_breaker(ebay, num_traces=64, workers=0, progress=False, config={"column_rnn": 4},
+                            encoder=ebay.encoder.replace(column_pixels=8))
+    assert (guide.network.encoder.cnn.column_pixels, guide.network.cfg.column_rnn) == (8, 4)
+    guide = compile_breaker(ebay, num_traces=64, workers=0, progress=False, config=NetworkConfig(column_rnn=4))
+    assert guide.network.encoder.cnn.column_pixels == 4  # a NetworkConfig sizes the LSTM and heads, not the encoder
+    assert compile_breaker("baidu2011", num_traces=64, workers=0, progress=False).network.encoder.cnn.column_pixels == 8
 
     path = tmp_path / "ebay.pt"
     assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--quiet"]) == 0
     assert "new breaker with the style's --column-pixels 4" in capsys.readouterr().out
-    assert infcomp.load(path).network.cfg.column_pixels == 4
+    assert infcomp.load(path).network.encoder.cnn.column_pixels == 4
     with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
         main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
     assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--fresh",
                  "--column-pixels", "8", "--quiet"]) == 0
     assert "the style's" not in capsys.readouterr().out
-    assert infcomp.load(path).network.cfg.column_pixels == 8
-    with pytest.raises(ValueError, match="style 'ebay': network .*colum_pixels"):
-        dataclasses.replace(ebay, network={"colum_pixels": 4})
+    assert infcomp.load(path).network.encoder.cnn.column_pixels == 8
+    with pytest.raises(TypeError, match="style 'ebay': encoder must be an infcomp.CNNConfig"):
+        dataclasses.replace(ebay, encoder={"column_pixels": 4})
 
 
 def test_break_files_named_by_their_labels(breaker, tmp_path, capsys):
@@ -279,7 +278,7 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
     assert proc.returncode == 130, (seen + err)[-2000:]
     assert b"interrupted" in err
     saved = infcomp.load(path)
-    assert saved.traces_trained > 0 and saved.last_run["interrupted"]
+    assert saved.traces_trained > 0 and saved.last_run.interrupted
 
 
 @pytest.mark.parametrize("name", ["wikipedia", "captcha_images_v2"])  # variable length; a font per letter

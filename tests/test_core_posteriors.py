@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import infcomp
-from infcomp.nn.proposals import FAMILIES, unwrap
+from infcomp.nn.proposals import make_families, unwrap
 from infcomp.nn.proposals.point import point_estimate
 from infcomp.traces import site_spec
 from infcomp_models.examples import (
@@ -216,8 +216,9 @@ def test_greedy_stops_before_the_named_site():
     ids=lambda d: type(d).__name__,
 )
 def test_a_familys_greedy_point_is_its_proposals_point_estimate(prior):
-    spec = site_spec("z", prior)
-    family = FAMILIES[spec.family]
+    families = make_families()
+    spec = site_spec("z", prior, families)
+    family = families[spec.family]
     torch.manual_seed(0)
     context = family.context(unwrap(prior)[0])
     for _ in range(5):

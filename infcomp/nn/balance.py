@@ -2,8 +2,8 @@
 
 The loss is a sum over addresses, and Adam normalises the *summed* gradient of every
 shared weight.  When some addresses send the observation embedding gradients ten times
-larger than others (sharpening a continuous nuisance parameter, say, against reading a
-letter), the small ones barely move it.  :class:`GradientBalancer` rescales, in the
+larger than others (sharpening a continuous nuisance parameter, say, against choosing a
+category), the small ones barely move it.  :class:`GradientBalancer` rescales, in the
 backward pass only, the gradient each site group sends into the embedding so that every
 group's contribution has the same running norm.  Heads and the LSTM get their gradients
 unchanged, and the forward pass (so the loss, and the optimum of every head) is untouched:
@@ -28,12 +28,22 @@ class _Scale(torch.autograd.Function):
         return ctx.balancer.rescale(ctx.key, grad), None, None
 
 
-class GradientBalancer:
-    def __init__(self, decay=0.95):
-        self.decay = decay
-        self.norms = {}  # group key -> running gradient norm
+class GradientBalancer(torch.nn.Module):
+    """The running norms are module state (``get_extra_state``), so they are saved with the
+    guide and a resumed run rescales exactly as a continued one would."""
 
-    def __call__(self, x, key):
+    def __init__(self, decay=0.95):
+        super().__init__()
+        self.decay = decay
+        self.norms = {}  # group key (a site group's signature) -> running gradient norm
+
+    def get_extra_state(self):
+        return [[family, list(shape), k, norm] for (family, shape, k), norm in self.norms.items()]
+
+    def set_extra_state(self, state):
+        self.norms = {(family, tuple(shape), k): norm for family, shape, k, norm in state}
+
+    def forward(self, x, key):
         """Identity on ``x``; in the backward pass, the gradient is rescaled for group ``key``."""
         if not torch.is_grad_enabled() or not x.requires_grad:
             return x

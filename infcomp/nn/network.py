@@ -1,32 +1,35 @@
 """The inference network: an LSTM that steps through a trace's addresses.
 
-At step ``t`` its input is the observation embedding, an embedding of the value
-sampled at step ``t-1``, and embeddings of address ``t`` and of its proposal
-family.  Its output, beside the observation embedding again (a skip connection
-that lets heads extrapolate linearly in the observation, past the LSTM's
-saturating gates), feeds address ``t``'s proposal head.  Every address owns a
-small :class:`SiteModule` (address embedding, value embedding, head), made the
-first time the address is met; :meth:`InferenceNetwork.add_site` returns the new
-parameters so the optimiser takes them on without losing its state.  Addresses
-that differ only in their numbers and share a signature (``letter_0``,
-``letter_1``, ...: see :func:`head_key`) share one value embedding and one head,
-as a sequence model shares its output layer across positions; each keeps its own
+At step ``t`` its input (:data:`InferenceNetwork.lstm_in`) is the observation's summary, an
+embedding of the value sampled at step ``t-1``, and embeddings of address ``t`` and of its
+proposal family.  Its output, beside the summary again (a skip connection that lets heads
+extrapolate linearly in the observation, past the LSTM's saturating gates) and, where the
+encoder gives a memory, what the address reads there by attention, feeds address ``t``'s
+proposal head (:data:`InferenceNetwork.head_in`).  Every address owns a small
+:class:`SiteModule` (address embedding, value embedding, head), made the first time the
+address is met; :meth:`InferenceNetwork.add_site` returns the new parameters so the optimiser
+takes them on without losing its state.  A family's embedding is made with the first address
+of that family and belongs to it.  Addresses that differ only in their numbers and share a
+signature (``x_0``, ``x_1``, ...: see :func:`head_key`) share one value embedding and one
+head, as a sequence model shares its output layer across positions; each keeps its own
 address embedding and attention query, so the head still knows where it is.
 
-Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch` in one LSTM
-call: traces of every structure are laid side by side, padded at the end (the
-LSTM is causal, so padding never reaches a real step).  Per site group, each
-address's own weights apply in one batched matmul over an ``[addresses, slots]``
-layout.  Inference (:meth:`start`, :meth:`constants`, :meth:`step`) runs one
-address at a time, with the parts of the LSTM input that depend only on the
-observation and the address folded into per-address constants.
+Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch` in one LSTM call: traces
+of every structure are laid side by side, padded at the end (the LSTM is causal, so padding
+never reaches a real step).  Per site group, each address's own weights apply in one batched
+matmul over an ``[addresses, slots]`` layout.  Inference (:meth:`start`, :meth:`step`) runs
+one address at a time, with the parts of the LSTM and head inputs that do not change from
+particle to particle folded into biases: :meth:`address_terms` (per address) and
+:meth:`step_terms` (per address and observation).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +37,18 @@ from torch import nn
 
 from ..traces import SiteSpec
 from .balance import GradientBalancer
-from .embeddings import CNNEmbedding, ObservationEmbedding
-from .proposals import FAMILY_NAMES, make_families
+from .encoders import CNNConfig, ObservationEncoder
+from .layout import Layout
+from .proposals import make_families
 
-__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork", "head_key"]
+__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork", "head_key", "split_config"]
 
 
 @dataclass
 class NetworkConfig:
-    obs_dim: int = 128
+    """Sizes of the LSTM and the proposal heads (the observation encoder has its own settings)."""
+
+    obs_dim: int = 128  # width of the default encoders' summary
     value_dim: int = 32
     address_dim: int = 32
     family_dim: int = 8
@@ -51,36 +57,55 @@ class NetworkConfig:
     head_hidden: int = 64
     mixture_components: int = 3
     balance_gradients: bool = True  # see infcomp.nn.balance
-    conv_norm: bool = True  # GroupNorm after each convolution of the image embedding
-    conv_channels: tuple = CNNEmbedding.CHANNELS  # the image embedding's channels, first convolution to last
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
-    memory_columns: int = CNNEmbedding.COLUMNS  # image columns attention reads (0: the CNN's own, width / 8)
-    column_pixels: int = CNNEmbedding.STRIDE  # pixels per image column: 8, or 4 (the last stride-2 convolution keeps the width)
-    conv_refine: bool = True  # a fourth convolution (last channels, stride 1) before the image columns are pooled
-    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the columns (see Attention)
+    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the memory (see Attention)
+
+    def __post_init__(self):
+        if self.column_rnn < 0:
+            raise ValueError(f"column_rnn must be 0 (no GRU along the memory) or a positive width, got {self.column_rnn}")
 
     def to_dict(self):
         return asdict(self)
 
     def differences(self, config) -> list:
         """``[(field, this config's value, config's)]`` for each field that ``config`` (a NetworkConfig
-        or dict of fields) sets to another value; a list and a tuple of the same items are equal.
-        ValueError for a field NetworkConfig does not have."""
+        or dict of fields) sets to another value.  ValueError for a field NetworkConfig does not have."""
         have = asdict(self)
         wanted = config if isinstance(config, dict) else asdict(config)
-
-        def plain(v):
-            return tuple(v) if isinstance(v, list) else v
-
         unknown = [key for key in wanted if key not in have]
         if unknown:
             raise ValueError(f"config: NetworkConfig has no field {unknown[0]!r}")
-        return [(key, have[key], value) for key, value in wanted.items() if plain(value) != plain(have[key])]
+        return [(key, have[key], value) for key, value in wanted.items() if value != have[key]]
+
+
+#: Fields that set the image encoder in files and ``config=`` dicts from before it had its own
+#: settings: the NetworkConfig name -> the CNNConfig field.
+LEGACY_CNN_FIELDS = {"conv_channels": "channels", "memory_columns": "columns", "column_pixels": "column_pixels",
+                     "conv_refine": "refine", "conv_norm": "norm"}
+
+
+def split_config(config: dict, warn=True) -> tuple[dict, dict]:
+    """``config`` fields as ``(NetworkConfig fields, CNNConfig fields)``: the encoder's settings
+    that older ``config=`` dicts and guide files carry move to the encoder (with a
+    DeprecationWarning where ``warn``)."""
+    network, cnn = {}, {}
+    for key, value in config.items():
+        if key in LEGACY_CNN_FIELDS:
+            cnn[LEGACY_CNN_FIELDS[key]] = tuple(value) if isinstance(value, list) else value
+        else:
+            network[key] = value
+    if cnn and warn:
+        warnings.warn(
+            f"config= fields {sorted(k for k in config if k in LEGACY_CNN_FIELDS)} set the image encoder: "
+            f"pass encoder=infcomp.CNNConfig({', '.join(f'{k}=...' for k in cnn)}) instead",
+            DeprecationWarning, stacklevel=3,
+        )
+    return network, cnn
 
 
 def head_key(spec: SiteSpec) -> tuple:
     """Addresses with equal keys share a value embedding and a proposal head: names equal but for
-    their numbers (``letter_0``, ``letter_1``; ``x[2]``, ``x[3]``) and equal signatures."""
+    their numbers (``x_0``, ``x_1``; ``x[2]``, ``x[3]``) and equal signatures."""
     return re.sub(r"\d+", "#", spec.name), spec.signature
 
 
@@ -88,10 +113,10 @@ class SiteModule(nn.Module):
     """Everything the network keeps for one address; with ``like``, the value embedding and head
     are that module's (shared), and only the address embedding and query are this address's own."""
 
-    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, obs_dim: int, memory_dim: int = 0, like=None):
+    def __init__(self, spec: SiteSpec, family, cfg: NetworkConfig, head_in: Layout, like=None):
         super().__init__()
         self.address = nn.Parameter(torch.randn(cfg.address_dim) * 0.1)
-        if memory_dim:  # where this address looks in the image, before the LSTM state refines it
+        if head_in.widths["context"]:  # where this address looks in the memory, before the LSTM state refines it
             self.query = nn.Parameter(torch.randn(Attention.DIM) * 0.1)
         self.has_head = family.has_head
         if like is not None:
@@ -102,25 +127,20 @@ class SiteModule(nn.Module):
         self.value = nn.Linear(family.feature_size(spec), cfg.value_dim)
         if family.has_head:
             n_out = max(1, math.prod(spec.value_shape)) * family.num_params(spec)
-            self.head1 = nn.Linear(cfg.hidden + obs_dim + memory_dim, cfg.head_hidden)
+            self.head1 = nn.Linear(head_in.size, cfg.head_hidden)
             self.head2 = nn.Linear(cfg.head_hidden, n_out)
             family.init_head(self.head2, spec)
 
 
 class Attention(nn.Module):
-    """Each step reads the image's columns with a query from the LSTM state (dot-product attention).
+    """Each step reads the encoder's memory with a query from the LSTM state (dot-product attention).
 
-    What an address depends on sits at different places in different images; attention lets
-    its head look there instead of decoding it from one global summary of the image.
-
-    With ``column_rnn``, a bidirectional GRU runs along the columns first and each column's key
-    sees what lies left and right of it (as in attention-based text recognisers: CNN, then a
-    BiLSTM over columns, then attention), so a key can say "the third glyph from the left",
-    not only "column 7"; what a step reads (the value) is still the column itself.  Ten-minute
-    compiles from scratch, 32 per direction against none at the same step counts: wikipedia
-    validation loss 21.4 against 24.2 nats, characters read 32.6% against 23.9%; baidu2011 greedy
-    54.6% against 50.3%, its middle letters gaining most.  After an hour wikipedia's two are level
-    (73.5% against 73.2% of characters; ``benchmarks/README.md``): it speeds up early learning.
+    What an address depends on sits at different places in different observations; attention
+    lets its head look there instead of decoding it from one global summary.  With
+    ``column_rnn``, a bidirectional GRU runs along the memory's rows first and each row's key
+    sees what lies before and after it (as in attention-based text recognisers: CNN, then a
+    BiLSTM over columns, then attention), so a key can say "the third part from the left",
+    not only "row 7"; what a step reads (the value) is still the row itself.
     """
 
     DIM = 64
@@ -139,12 +159,12 @@ class Attention(nn.Module):
         return self.key(memory) + self.position
 
     def read(self, h, address_query, keys, memory, trace=None, slot=None, num_slots=1):
-        """``h [R, H]`` and ``address_query [R, d]`` read image columns ``keys [B, L, d]``,
-        ``memory [B, L, M]`` -> context ``[R, M]``.
+        """``h [R, H]`` and ``address_query [R, d]`` read ``keys [B, L, d]``, ``memory [B, L, M]``
+        -> context ``[R, M]``.
 
-        Row ``r`` reads image ``trace[r]`` (without ``trace``, image ``r``).  The rows are set on a
-        ``[B, num_slots]`` grid at ``(trace, slot)`` (each cell at most once), so all of them take
-        two batched matmuls and no image's columns are copied per row.
+        Row ``r`` reads observation ``trace[r]`` (without ``trace``, observation ``r``).  The rows
+        are set on a ``[B, num_slots]`` grid at ``(trace, slot)`` (each cell at most once), so all
+        of them take two batched matmuls and no observation's memory is copied per row.
         """
         q = self.query(h) + address_query
         if trace is None:
@@ -167,22 +187,44 @@ def grouped_linear(x, layers, address, slot, num_slots):
     return out[address, slot]
 
 
+class AddressTerms(NamedTuple):
+    """What address ``name`` computes the same way for every observation and particle."""
+
+    gates: torch.Tensor  # its address and family embeddings' share of the first layer's input gates
+    head_weight: torch.Tensor | None  # its head's first weight on [LSTM output, attention context]
+
+
+class StepTerms(NamedTuple):
+    """What a step at one address computes the same way for every particle of one observation."""
+
+    gate_bias: torch.Tensor  # [1, 4H]: the observation's and the address's share of the input gates
+    head_bias: torch.Tensor | None  # [1, head_hidden]: the observation summary's share of the head
+    head_weight: torch.Tensor | None
+
+
 class InferenceNetwork(nn.Module):
-    def __init__(self, obs_specs: dict, cfg: NetworkConfig | None = None, embedding: nn.Module | None = None):
+    """The encoder, the LSTM, attention and the per-address modules of one guide.
+
+    :param obs_specs: ``{site: ObservationSpec}`` of the observed sites.
+    :param encoder: the user's encoder module (see :mod:`~infcomp.nn.encoders`), or None for the defaults.
+    :param cnn: the default image encoder's settings.
+    :param families: extra proposal family classes, tried before the registered and built-in ones.
+    """
+
+    def __init__(self, obs_specs: dict, cfg: NetworkConfig | None = None, encoder: nn.Module | None = None,
+                 cnn: CNNConfig | None = None, families=()):
         super().__init__()
-        self.cfg = cfg or NetworkConfig()
+        self.cfg = c = cfg or NetworkConfig()
         self.obs_specs = dict(obs_specs)
-        self.families = make_families(self.cfg.mixture_components)
-        c = self.cfg
-        cnn = dict(channels=c.conv_channels, columns=c.memory_columns, norm=c.conv_norm, column_pixels=c.column_pixels,
-                   refine=c.conv_refine)
-        self.embed = ObservationEmbedding(self.obs_specs, c.obs_dim, embedding, cnn)
-        self.family_embedding = nn.Embedding(len(FAMILY_NAMES), c.family_dim)
-        self.lstm = nn.LSTM(self.embed.dim + c.value_dim + c.address_dim + c.family_dim, c.hidden, c.layers)
-        m = self.embed.memory_dim
-        if c.column_rnn < 0:
-            raise ValueError(f"column_rnn must be 0 (no GRU along the columns) or a positive width, got {c.column_rnn}")
-        self.attention = Attention(c.hidden, m, self.embed.memory_len, column_rnn=c.column_rnn) if m else None
+        self.extra_families = tuple(families)
+        self.families = make_families(self.extra_families, c.mixture_components)
+        self.encoder = ObservationEncoder(self.obs_specs, c.obs_dim, encoder, cnn)
+        e = self.encoder
+        self.family_embedding = nn.ParameterDict()  # family name -> [family_dim], made with its first address
+        self.lstm_in = Layout(obs=e.dim, value=c.value_dim, address=c.address_dim, family=c.family_dim)
+        self.head_in = Layout(hidden=c.hidden, obs=e.dim, context=e.memory_dim)
+        self.lstm = nn.LSTM(self.lstm_in.size, c.hidden, c.layers)
+        self.attention = Attention(c.hidden, e.memory_dim, e.memory_len, column_rnn=c.column_rnn) if e.memory_dim else None
         self.sites = nn.ModuleDict()
         self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
@@ -194,11 +236,15 @@ class InferenceNetwork(nn.Module):
         """Give a new address its module; returns its parameters (for the optimiser)."""
         if spec.name in self.specs:
             raise ValueError(f"site {spec.name!r} already has a head")
+        if spec.family not in self.families:
+            raise ValueError(f"site {spec.name!r}: no proposal family called {spec.family!r} is known "
+                             "(pass its class as families=, or register_family it)")
+        device = self.lstm.weight_hh_l0.device
+        if spec.family not in self.family_embedding:
+            self.family_embedding[spec.family] = nn.Parameter(torch.randn(self.cfg.family_dim, device=device))
         key = str(len(self.sites))
-        like = self._shares_with(spec)
-        module = SiteModule(spec, self.families[spec.family], self.cfg, self.embed.dim, self.embed.memory_dim, like)
-        module.to(self.family_embedding.weight.device)
-        self.sites[key] = module
+        module = SiteModule(spec, self.families[spec.family], self.cfg, self.head_in, self._shares_with(spec))
+        self.sites[key] = module.to(device)
         self._keys[spec.name] = key
         self.specs[spec.name] = spec
         self._first.setdefault(head_key(spec), spec.name)
@@ -213,38 +259,28 @@ class InferenceNetwork(nn.Module):
         return None if first is None or first == spec.name else self.site(first)
 
     def own_parameters(self, name) -> list:
-        """The parameters address ``name`` brought; what it shares belongs to the address met first."""
-        like = self._shares_with(self.specs[name])
+        """The parameters address ``name`` brought: its family's embedding if it is the family's
+        first address, and what of its module it does not share with an address met before it."""
+        spec = self.specs[name]
+        like = self._shares_with(spec)
         shared = set() if like is None else {id(p) for p in like.parameters()}
-        return [p for p in self.site(name).parameters() if id(p) not in shared]
+        first_of_family = next(n for n, s in self.specs.items() if s.family == spec.family) == name
+        own = [self.family_embedding[spec.family]] if first_of_family else []
+        return own + [p for p in self.site(name).parameters() if id(p) not in shared]
+
+    def core_parameters(self) -> list:
+        """The parameters no address owns: the encoder's, the LSTM's and attention's."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("sites.", "family_embedding."))]
 
     # -- training ---------------------------------------------------------------
     def log_q(self, batch) -> torch.Tensor:
         """``log q(latents | observation)`` of every trace in the batch: ``[B]``."""
-        obs_e, memory = self.embed(batch.observation)
+        obs_e, memory = self.encoder(batch.observation)
         B = batch.size
         T = int(batch.lengths.max()) if B else 0
         if T == 0:
             return obs_e.new_zeros(B)
-        cur, prev, where, after = [], [], [], []
-        for g in batch.groups:
-            spec = self.specs[g.names[0]]
-            mods = [self.site(n) for n in g.names]
-            feats = self.families[spec.family].features(g.values, g.contexts, spec)
-            prev.append(grouped_linear(feats, [m.value for m in mods], g.address, g.slot, g.num_slots))
-            fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
-            addr = torch.stack([m.address for m in mods])[g.address]
-            cur.append(torch.cat([addr, fam.expand(len(g.address), -1)], -1))
-            where.append((g.step, g.trace))
-            after.append(g.step + 1 < T)
-        step = torch.cat([w[0] for w in where])
-        trace = torch.cat([w[1] for w in where])
-        keep = torch.cat(after)
-        cur, prev = torch.cat(cur), torch.cat(prev)
-        x_cur = cur.new_zeros(T, B, cur.shape[-1]).index_put((step, trace), cur)
-        x_prev = prev.new_zeros(T, B, prev.shape[-1]).index_put((step[keep] + 1, trace[keep]), prev[keep])
-        x = torch.cat([obs_e.unsqueeze(0).expand(T, B, -1), x_prev, x_cur], -1)
-        h, _ = self.lstm(x)
+        h = self._lstm_outputs(batch, obs_e, T)
         keys = None if self.attention is None else self.attention.keys(memory)
         out = obs_e.new_zeros(B)
         for g in batch.groups:
@@ -254,13 +290,7 @@ class InferenceNetwork(nn.Module):
                 continue
             mods = [self.site(n) for n in g.names]
             hg = h[g.step, g.trace]
-            seen = obs_e[g.trace]
-            if keys is not None:
-                query = torch.stack([m.query for m in mods])[g.address]
-                seen = torch.cat([seen, self.attention.read(hg, query, keys, memory, g.trace, g.step, T)], -1)
-            if self.balancer is not None:
-                seen = self.balancer(seen, g.signature)
-            z = torch.cat([hg, seen], -1)
+            z = self.head_in.cat(hidden=hg, **self._seen(obs_e[g.trace], hg, mods, g, keys, memory, T))
             z = F.relu(grouped_linear(z, [m.head1 for m in mods], g.address, g.slot, g.num_slots))
             params = grouped_linear(z, [m.head2 for m in mods], g.address, g.slot, g.num_slots)
             params = params.reshape((len(params),) + spec.value_shape + (family.num_params(spec),))
@@ -268,10 +298,49 @@ class InferenceNetwork(nn.Module):
             out = out.index_add(0, g.trace, lp.reshape(len(lp), -1).sum(-1))
         return out
 
+    def _seen(self, obs, hg, mods, g, keys, memory, T) -> dict:
+        """What group ``g``'s heads see beside the LSTM output: the summary and, with a memory, what
+        each row reads there; the balancer rescales the two's gradient together (see :mod:`.balance`)."""
+        if keys is None:
+            return {"obs": obs if self.balancer is None else self.balancer(obs, g.signature)}
+        query = torch.stack([m.query for m in mods])[g.address]
+        seen = torch.cat([obs, self.attention.read(hg, query, keys, memory, g.trace, g.step, T)], -1)
+        if self.balancer is not None:
+            seen = self.balancer(seen, g.signature)
+        obs, context = seen.split([self.head_in.widths["obs"], self.head_in.widths["context"]], -1)
+        return {"obs": obs, "context": context}
+
+    def _lstm_outputs(self, batch, obs_e, T) -> torch.Tensor:
+        """The LSTM's outputs ``[T, B, hidden]`` over the batch's traces laid side by side."""
+        B = batch.size
+        address, family, prev, steps, traces, keep = [], [], [], [], [], []
+        for g in batch.groups:
+            spec = self.specs[g.names[0]]
+            mods = [self.site(n) for n in g.names]
+            feats = self.families[spec.family].features(g.values, g.contexts, spec)
+            prev.append(grouped_linear(feats, [m.value for m in mods], g.address, g.slot, g.num_slots))
+            address.append(torch.stack([m.address for m in mods])[g.address])
+            family.append(self.family_embedding[spec.family].expand(len(g.address), -1))
+            steps.append(g.step)
+            traces.append(g.trace)
+            keep.append(g.step + 1 < T)
+        step, trace, keep = torch.cat(steps), torch.cat(traces), torch.cat(keep)
+
+        def grid(rows, s, t):  # rows [R, d] placed at (s[r], t[r]) of a [T, B, d] grid of zeros
+            return rows.new_zeros(T, B, rows.shape[-1]).index_put((s, t), rows)
+
+        x = self.lstm_in.cat(
+            obs=obs_e.unsqueeze(0).expand(T, B, -1),
+            value=grid(torch.cat(prev)[keep], step[keep] + 1, trace[keep]),  # the value drawn at t feeds step t + 1
+            address=grid(torch.cat(address), step, trace),
+            family=grid(torch.cat(family), step, trace),
+        )
+        return self.lstm(x)[0]
+
     # -- inference, one address at a time ----------------------------------------
     def start(self, observation: dict):
-        """The observation's embedding ``[E]`` and what attention reads: ``(keys, memory)`` or None."""
-        obs_e, memory = self.embed({k: v.unsqueeze(0) for k, v in observation.items()})
+        """The observation's summary ``[E]`` and what attention reads: ``(keys, memory)`` or None."""
+        obs_e, memory = self.encoder({k: v.unsqueeze(0) for k, v in observation.items()})
         attend = None if self.attention is None else (self.attention.keys(memory), memory)
         return obs_e[0], attend
 
@@ -282,53 +351,41 @@ class InferenceNetwork(nn.Module):
 
     def observation_gates(self, obs_e):
         """The observation's share of the first LSTM layer's input gates (the same at every address)."""
-        return self.lstm.weight_ih_l0[:, : self.embed.dim] @ obs_e + self.lstm.bias_ih_l0
+        return self.lstm_in.columns(self.lstm.weight_ih_l0, "obs") @ obs_e + self.lstm.bias_ih_l0
 
-    def address_constants(self, name):
-        """What address ``name`` computes the same way for every observation: its share of the
-        input gates (address and family embeddings) and its head's weight on ``[h, attention context]``."""
+    def address_terms(self, name) -> AddressTerms:
         spec, m = self.specs[name], self.site(name)
-        fam = self.family_embedding.weight[FAMILY_NAMES.index(spec.family)]
-        offset = self.embed.dim + self.cfg.value_dim
-        gates = self.lstm.weight_ih_l0[:, offset:] @ torch.cat([m.address, fam])
-        head_w = None
-        if m.has_head:
-            H, E = self.cfg.hidden, self.embed.dim
-            w = m.head1.weight
-            head_w = torch.cat([w[:, :H], w[:, H + E :]], 1)
-        return gates, head_w
+        w_ih = self.lstm.weight_ih_l0
+        gates = self.lstm_in.columns(w_ih, "address", "family") @ torch.cat([m.address, self.family_embedding[spec.family]])
+        head_w = self.head_in.columns(m.head1.weight, "hidden", "context") if m.has_head else None
+        return AddressTerms(gates, head_w)
 
-    def constants(self, obs_e, obs_gates, address_constants, name):
-        """What step ``name`` computes the same way for every particle: folded input-gate and head biases."""
-        gates, head_w = address_constants
-        gate_bias = (obs_gates + gates).unsqueeze(0)
+    def step_terms(self, obs_e, obs_gates, terms: AddressTerms, name) -> StepTerms:
         head_bias = None
-        if head_w is not None:
-            H, E = self.cfg.hidden, self.embed.dim
+        if terms.head_weight is not None:
             m = self.site(name)
-            head_bias = F.linear(obs_e, m.head1.weight[:, H : H + E], m.head1.bias).unsqueeze(0)
-        return gate_bias, head_bias, head_w
+            head_bias = F.linear(obs_e, self.head_in.columns(m.head1.weight, "obs"), m.head1.bias).unsqueeze(0)
+        return StepTerms((obs_gates + terms.gates).unsqueeze(0), head_bias, terms.head_weight)
 
     def prev_weight(self):
-        E, V = self.embed.dim, self.cfg.value_dim
-        return self.lstm.weight_ih_l0[:, E : E + V].contiguous()
+        """The first LSTM layer's input weight on the previous value's embedding."""
+        return self.lstm_in.columns(self.lstm.weight_ih_l0, "value").contiguous()
 
-    def step(self, hc, prev, name, consts, w_prev, attend=None):
+    def step(self, hc, prev, name, terms: StepTerms, w_prev, attend=None):
         """One LSTM step at ``name``: ``(proposal parameters [*S, P] or None, new LSTM state)``."""
-        gate_bias, head_bias, head_w = consts
         lstm = self.lstm
-        new = [torch.lstm_cell(prev, hc[0], w_prev, lstm.weight_hh_l0, gate_bias, lstm.bias_hh_l0)]
+        new = [torch.lstm_cell(prev, hc[0], w_prev, lstm.weight_hh_l0, terms.gate_bias, lstm.bias_hh_l0)]
         for l in range(1, self.cfg.layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{l}"), getattr(lstm, f"weight_hh_l{l}")
             b_ih, b_hh = getattr(lstm, f"bias_ih_l{l}"), getattr(lstm, f"bias_hh_l{l}")
             new.append(torch.lstm_cell(new[-1][0], hc[l], w_ih, w_hh, b_ih, b_hh))
-        if head_w is None:
+        if terms.head_weight is None:
             return None, new
         m, spec = self.site(name), self.specs[name]
         h = new[-1][0]
         if attend is not None:
             h = torch.cat([h, self.attention.read(h, m.query.unsqueeze(0), *attend)], -1)
-        z = torch.relu(F.linear(h, head_w, head_bias))
+        z = torch.relu(F.linear(h, terms.head_weight, terms.head_bias))
         params = F.linear(z[0], m.head2.weight, m.head2.bias)
         return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
 

@@ -3,6 +3,8 @@ sinusoidal wave with elastic wobble and occasional hollow (outlined) letters."""
 
 import math
 
+from infcomp import CNNConfig
+
 from .style import CaptchaStyle, Latent
 
 STYLE = CaptchaStyle(
@@ -29,7 +31,6 @@ STYLE = CaptchaStyle(
     ),
     fixed=dict(elastic_sigma=3.0, noise=0.02, blur=0.3),
     bandwidth=0.15,
-    # four letters overlapping by up to 7 px: 4-px columns read 47.8% of strings greedily after an hour
-    # (session 22) against 42.2% at 8 px (session 17, a day about as fast), lower in loss per trace
-    network={"column_pixels": 4},
+    # four letters overlapping by up to 7 px: attention reads a column per 4 px
+    encoder=CNNConfig(column_pixels=4),
 )

@@ -18,7 +18,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import infcomp
-from infcomp.nn.network import NetworkConfig
 
 from . import get_style
 
@@ -44,26 +43,25 @@ ECHO = 3.0  # see compile_breaker
 
 
 def compile_breaker(style, *, minutes=None, num_traces=None, guide=None, seed=None, workers=None,
-                    batch_size=64, echo=ECHO, progress=True, config=None, **kwargs):
+                    batch_size=64, echo=ECHO, progress=True, config=None, encoder=None, **kwargs):
     """Train (or go on training) a guide on the style's prior draws; the style's name goes into its
     metadata.  Other keywords go to :func:`infcomp.compile` (``checkpoint=``, ``lr=``, ...).
 
-    A new breaker's network is built with the style's own settings (:attr:`CaptchaStyle.network`),
-    each overridden by a field of ``config=`` (a dict; a :class:`~infcomp.nn.network.NetworkConfig`
-    replaces them all); a resumed ``guide`` keeps the network it was built with.
+    A new breaker's image encoder is built with ``encoder=`` (an :class:`infcomp.CNNConfig`),
+    by default the style's own (:attr:`CaptchaStyle.encoder`); ``config=`` sizes its LSTM and
+    heads (:class:`infcomp.NetworkConfig`).  A resumed ``guide`` keeps the network it was built with.
 
     ``echo``: each batch is trained on this many times (data echoing, :class:`infcomp.data.Echo`).
     On a 2-core CPU a rendered CAPTCHA costs more to draw than a gradient step on it; with three
-    the trainer, not the renderer, sets the pace (baidu2011, 10 minutes at lr 2e-3: 5,156 steps on
-    111k traces against 3,307 on 212k, validation loss 20.7 against 22.8 nats, greedy reads 41.5%
-    against 27.3%; ``benchmarks/README.md``).
+    the trainer, not the renderer, sets the pace.
     """
     style = get_style(style) if isinstance(style, str) else style
-    if guide is None and not isinstance(config, NetworkConfig):
-        config = {**style.network, **(config or {})} or None
+    if guide is None and encoder is None:
+        encoder = style.encoder
     return infcomp.compile(
         style.model, "image", num_traces, minutes=minutes, guide=guide, seed=seed, workers=workers,
-        batch_size=batch_size, echo=echo, progress=progress, metadata={"style": style.name}, config=config, **kwargs,
+        batch_size=batch_size, echo=echo, progress=progress, metadata={"style": style.name}, config=config,
+        encoder=encoder, **kwargs,
     )
 
 

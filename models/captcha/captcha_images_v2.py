@@ -17,25 +17,16 @@ The typeface is a heavy sans, proportional or monospaced letter by letter, that 
 the bundled fonts matches exactly, so the prior is broad around it: sans faces (Computer
 Modern Sans, DejaVu Sans and its bold, DejaVu Sans Mono and its bold), one per letter,
 with or without an extra 1 px stroke (stems 3.5 to 8 px), condensed by 0.72 to 1.0, at
-pitches of 19 to 23.5 px.  A first version with Computer Modern Sans alone, set by its
-own advances, read 5% of the real images (55% of characters): letters crowded where the
-real ones keep their cells.  The next one read 75% (94% of characters); its errors were
-mostly "n" and "m" confused: the real "m" is squeezed to about the width of an "n", as
-if each glyph were condensed to fit its cell, so glyphs wider than a (latent) width of
-18 to 28 px are condensed to it.  That breaker still read the real "m" as "n" (13 of its
-26 character errors): condensing a proportional face's "m" thins its stems and keeps its
-counters open, where the real "m" keeps heavy stems and slit counters, as a monospaced
-face's "m" does (DejaVu Sans Mono Bold's at 40 px matches it closely, while the real "n"
-is as wide as DejaVu Sans Bold's).  So each letter now picks its own face among five, the
-two DejaVu Sans Mono weights added.  That fixed everything but the "m" (83% after 43
-minutes, 15 of its 22 character errors an "m" read as "n"); the "m"s still misread were
-the wide ones (legs 6 px, counters 5 to 7 px, about 30 px in all), wider than the cell
-width allowed (28 px), and strings with them run long ("mmfm6" to x = 170): a real wide
-letter takes a wider cell.  So the cell width now reaches 40 px (nothing need be
-condensed), and a ``proportional`` latent moves each cell from the fixed pitch towards
-the glyph's own ink width (at 1, neighbours touch).  A mild smooth warp (elastic field,
-shear) covers the bends the real glyphs show and no face draws.  Compiled in stages as
-the prior grew, this breaker read 94% of the real images.
+pitches of 19 to 23.5 px.  The letters keep their cells rather than their own advances.
+The real "m" comes in two kinds: a narrow one with heavy stems and slit counters, as a
+monospaced face's "m" (DejaVu Sans Mono Bold's at 40 px matches it closely, while the
+real "n" is as wide as DejaVu Sans Bold's), and a wide one (legs 6 px, counters 5 to 7
+px, about 30 px in all) in a wider cell (strings with them run long, "mmfm6" to
+x = 170).  So each letter picks its own face among the five, glyphs wider than a latent
+cell width of 18 to 40 px are condensed to it, and a ``proportional`` latent moves each
+cell from the fixed pitch towards the glyph's own ink width (at 1, neighbours touch).  A
+mild smooth warp (elastic field, shear) covers the bends the real glyphs show and no face
+draws.
 """
 
 from .style import CaptchaStyle, Latent
@@ -67,7 +58,7 @@ STYLE = CaptchaStyle(
         Latent("curve_end_width", 1.2, 3.0),
         Latent("background", 0.82, 0.92),
         Latent("gradient", 0.1, 0.35),
-        # last, so that adding it left every other site's place in the trace unchanged
+        # last in the trace, so that every other site keeps its place (a breaker saved without it resumes)
         Latent("max_glyph_width", 18.0, 40.0),
         # a smooth warp: the real glyphs bend (a curved "7", swashes on the "2", legs that
         # lean), which no installed face draws; displacements of standard deviation about

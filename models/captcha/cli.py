@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from infcomp.nn.embeddings import CNNEmbedding
+from infcomp import CNNConfig
 from infcomp_models import captcha
 
 from . import breaker
@@ -41,15 +41,13 @@ def cmd_samples(args):
 
 
 def save_loss_curve(guide, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switched
 
     if not guide.history:
         return None
     traces, train, val = zip(*guide.history)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(traces, train, label="training batch", alpha=0.6)
     ax.plot(traces, val, label="validation", lw=2)
     ax.set_xlabel("traces")
@@ -58,7 +56,6 @@ def save_loss_curve(guide, path):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -93,9 +90,11 @@ def _count(text):
     return n
 
 
+#: CNNConfig field -> the ``infcomp compile`` option that sets it for a new breaker.
+ENCODER_OPTIONS = {"channels": "--channels", "columns": "--memory-columns", "column_pixels": "--column-pixels",
+                   "refine": "--conv-refine"}
 #: NetworkConfig field -> the ``infcomp compile`` option that sets it for a new breaker.
-NETWORK_OPTIONS = {"conv_channels": "--channels", "column_rnn": "--column-rnn", "memory_columns": "--memory-columns",
-                   "column_pixels": "--column-pixels", "conv_refine": "--conv-refine"}
+NETWORK_OPTIONS = {"column_rnn": "--column-rnn"}
 
 
 def _value(value):
@@ -105,7 +104,7 @@ def _value(value):
 def _shown(key, value):
     """A network setting as its ``infcomp compile`` option: ``"--column-pixels 4"``, ``"--no-conv-refine"``;
     ``"key=value"`` for a field the command line does not set."""
-    option = NETWORK_OPTIONS.get(key)
+    option = {**ENCODER_OPTIONS, **NETWORK_OPTIONS}.get(key)
     if option is None:
         return f"{key}={_value(value)}"
     if isinstance(value, bool):
@@ -120,24 +119,33 @@ def _built_with(key, built, wanted):
     return f"{_shown(key, built)}, not {_value(wanted)}"
 
 
+def _options(args, options) -> dict:
+    """The fields that the given command-line ``options`` set (those not left at None)."""
+    values = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def cmd_compile(args):
     style = captcha.get_style(args.style)
     out = Path(args.out)
     guide = None
-    config = {key: getattr(args, option[2:].replace("-", "_")) for key, option in NETWORK_OPTIONS.items()}
-    config = {key: value for key, value in config.items() if value is not None}
+    config, cnn = _options(args, NETWORK_OPTIONS), _options(args, ENCODER_OPTIONS)
+    encoder = None
     if out.exists() and not args.fresh:
         guide, saved_style = breaker.load_breaker(out)
         if saved_style.name != style.name:
             sys.exit(f"error: {out} is a breaker for style {saved_style.name!r}, not {style.name!r} (use --fresh to overwrite)")
-        for key, built, wanted in guide.network.cfg.differences(config):
-            sys.exit(f"error: {out} was built with {_built_with(key, built, wanted)} "
-                     "(use --fresh to start over with it)")
+        built = {**guide.network.encoder.cnn.to_dict(), **guide.network.cfg.to_dict()}
+        for key, wanted in {**cnn, **config}.items():
+            if built[key] != wanted:
+                sys.exit(f"error: {out} was built with {_built_with(key, built[key], wanted)} "
+                         "(use --fresh to start over with it)")
         print(f"resuming {out}: {guide.traces_trained} traces so far")
     else:
-        own = {key: value for key, value in style.network.items() if key not in config}
+        encoder = style.encoder.replace(**cnn)
+        own = [(key, value) for key, _, value in CNNConfig().differences(style.encoder) if key not in cnn]
         if own:
-            print(f"new breaker with the style's {', '.join(_shown(key, value) for key, value in own.items())}")
+            print(f"new breaker with the style's {', '.join(_shown(key, value) for key, value in own)}")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +156,7 @@ def cmd_compile(args):
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
             batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
-            config=config or None,
+            config=config or None, encoder=encoder,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -158,19 +166,16 @@ def cmd_compile(args):
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     print(
-        f"compiled {style.name}: {run['traces']} traces ({run['steps']} steps) in {run['seconds']:.0f} s "
-        f"({run['traces_per_second']:.0f} traces/s, {100 * run['waiting_for_data_seconds'] / run['seconds']:.0f}% "
-        f"of it waiting for traces), validation loss {run['validation_loss']:.2f}; "
+        f"compiled {style.name}: {run.traces} traces ({run.steps} steps) in {run.seconds:.0f} s "
+        f"({run.traces_per_second:.0f} traces/s, {100 * run.waiting_for_data_seconds / run.seconds:.0f}% "
+        f"of it waiting for traces), validation loss {run.validation_loss:.2f}; "
         f"total {guide.traces_trained} traces -> {out}" + (f"; loss curve {curve}" if curve else "")
     )
 
 
 def _reliability_plot(probs, correct, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no backend switched
 
     probs, correct = np.asarray(probs), np.asarray(correct, dtype=float)
     edges = np.linspace(0, 1, 11)
@@ -181,7 +186,8 @@ def _reliability_plot(probs, correct, path, title):
             centres.append(probs[sel].mean())
             accs.append(correct[sel].mean())
             counts.append(int(sel.sum()))
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig = Figure(figsize=(4.2, 4))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.plot(centres, accs, "o-", label="breaker")
     for x, y, c in zip(centres, accs, counts):
@@ -192,7 +198,6 @@ def _reliability_plot(probs, correct, path, title):
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _summary(rows, greedy_ms, posterior_ms):
@@ -387,20 +392,20 @@ def build_parser():
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--channels", type=_channels, default=None, metavar="C1,C2,C3",
                    help="the image embedding's convolution channels, first to last, for a new breaker "
-                        "(default: the style's, else NetworkConfig's)")
+                        "(default: the style's, else CNNConfig's)")
     s.add_argument("--column-rnn", type=_count, default=None, metavar="N",
                    help="width per direction of the bidirectional GRU along the image's columns that attention "
-                        "keys on, for a new breaker; 0 for none (default: the style's, else NetworkConfig's)")
+                        "keys on, for a new breaker; 0 for none (default: NetworkConfig's)")
     s.add_argument("--memory-columns", type=_count, default=None, metavar="N",
                    help="how many image columns attention reads (the features pooled to this width), for a new "
                         "breaker; 0 for the convolutions' own width, the image's over the column pixels "
-                        "(default: the style's, else NetworkConfig's: 0)")
-    s.add_argument("--column-pixels", type=int, choices=CNNEmbedding.COLUMN_PIXELS, default=None,
+                        "(default: the style's, else CNNConfig's: 0)")
+    s.add_argument("--column-pixels", type=int, choices=CNNConfig.COLUMN_PIXELS, default=None,
                    help="pixels per image column that attention reads, for a new breaker: 8, or 4 "
-                        "with the last stride-2 convolution keeping the width (default: the style's, else NetworkConfig's)")
+                        "with the last stride-2 convolution keeping the width (default: the style's, else CNNConfig's)")
     s.add_argument("--conv-refine", action=argparse.BooleanOptionalAction, default=None,
                    help="a fourth convolution (the last channels, stride 1) before the image columns are pooled, "
-                        "for a new breaker (default: the style's, else NetworkConfig's)")
+                        "for a new breaker (default: the style's, else CNNConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")

@@ -3,6 +3,8 @@ baseline with a speckle of dots and sometimes a line through them."""
 
 import math
 
+from infcomp import CNNConfig
+
 from .style import CaptchaStyle, Latent
 
 STYLE = CaptchaStyle(
@@ -29,7 +31,6 @@ STYLE = CaptchaStyle(
     ),
     fixed=dict(line_width=1, dot_radius=0.8, noise=0.02),
     bandwidth=0.15,
-    # six digits in as little as 33 px: 4-px columns read 91.5% of strings against 86.7% at 8 px
-    # in same-day hours (benchmarks/README.md, session 21)
-    network={"column_pixels": 4},
+    # six digits in as little as 33 px, under one 8-px column each: attention reads a column per 4 px
+    encoder=CNNConfig(column_pixels=4),
 )

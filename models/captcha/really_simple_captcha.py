@@ -10,11 +10,9 @@ per letter by a few pixels; letters lean by up to ~10 degrees; no noise or lines
 The plugin draws with Gentium Basic, which is not installed here.  The prior covers it
 with eleven serif faces rather than the closest one: the four STIX General variants (a
 Times-like serif), the four DejaVu Serif ones and Computer Modern roman, bold and italic.
-A first breaker that knew only the four STIX faces read 79.5% of the real images; most of
-its errors were the curly italic "2" of Gentium read as "Z" or "5", a glyph no STIX face
-draws (Computer Modern italic's "2" is close to it).  With the eleven faces, errors were
-mostly Gentium's narrow "G" read as "6" (12 of 39) and "S" as "5": Gentium is narrower
-than every installed serif, so the glyphs are also condensed, by 0.75 to 1.05.
+Gentium's curly italic "2" is drawn by no STIX face (Computer Modern italic's "2" is close
+to it), and Gentium is narrower than every installed serif (its "G" and "S" otherwise read
+as "6" and "5"), so the glyphs are also condensed, by 0.75 to 1.05.
 """
 
 from .style import CaptchaStyle, Latent
@@ -41,7 +39,7 @@ STYLE = CaptchaStyle(
         Latent("rotation", -15.0, 15.0, per_letter=True),
         Latent("dy", -3.0, 3.0, per_letter=True),
         Latent("blur", 0.0, 0.45),
-        # last, so that adding it left the letters' place in the trace unchanged
+        # last in the trace, so that the letters keep their place (a breaker saved without it resumes)
         Latent("x_scale", 0.75, 1.05),
     ),
     fixed=dict(pitch=15.0, ink=0.0, background=1.0, noise=0.0),

@@ -54,8 +54,9 @@ class CaptchaSpec:
     """Every latent a CAPTCHA image depends on (lengths in pixels, angles in degrees).
 
     Per-letter fields (``font``, ``rotation``, ``dx``, ``dy``, ``fuzz``) take one value
-    for all letters or a sequence with one value per letter.  Every field added after
-    the first seven styles defaults to "off", so older specs render exactly as before.
+    for all letters or a sequence with one value per letter.  Every effect is off by
+    default (a field that only tunes one, such as ``wave_period``, matters once it is on),
+    so a spec renders only the effects it sets.
     """
 
     text: str

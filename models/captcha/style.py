@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -28,7 +27,7 @@ import pyro.poutine as poutine
 import torch
 
 from infcomp.abc import PixelKernel, RandomProjectionKernel
-from infcomp.nn.network import NetworkConfig
+from infcomp import CNNConfig
 
 from .fonts import font_source
 from .render import CaptchaSpec, render, seed_from_uniform
@@ -104,9 +103,9 @@ class CaptchaStyle:
         (:class:`infcomp.abc.RandomProjectionKernel` with ``projection_dim`` directions).
     :param text_only: render the text alone (:meth:`CaptchaSpec.text_layer`): a read-time model,
         see :meth:`with_text_only`.
-    :param network: :class:`~infcomp.nn.network.NetworkConfig` fields that this style's breakers are
-        built with unless the compile asks for others (:func:`~infcomp_models.captcha.breaker.compile_breaker`),
-        e.g. ``{"column_pixels": 4}`` where its letters are too narrow for 8-pixel columns.
+    :param encoder: the :class:`infcomp.CNNConfig` this style's breakers are built with unless the
+        compile asks for another (:func:`~infcomp_models.captcha.breaker.compile_breaker`), e.g.
+        ``CNNConfig(column_pixels=4)`` where its letters are too narrow for 8-pixel columns.
     """
 
     name: str
@@ -126,7 +125,7 @@ class CaptchaStyle:
     projection_dim: int = 128
     description: str = ""
     text_only: bool = False
-    network: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    encoder: CNNConfig = CNNConfig()
 
     def __post_init__(self):
         if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
@@ -148,10 +147,8 @@ class CaptchaStyle:
         bad = set(self.fixed) - _SPEC_FIELDS
         if bad:
             raise ValueError(f"style {self.name!r}: unknown CaptchaSpec fields in fixed: {sorted(bad)}")
-        try:
-            NetworkConfig(**self.network)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"style {self.name!r}: network {dict(self.network)!r}: {e}") from None
+        if not isinstance(self.encoder, CNNConfig):
+            raise TypeError(f"style {self.name!r}: encoder must be an infcomp.CNNConfig, got {type(self.encoder).__name__}")
 
     # ------------------------------------------------------------------ structure
 
@@ -304,18 +301,12 @@ class CaptchaStyle:
         Clutter falls where ``noise_seed`` puts it, and no guide can infer a seed: under the
         style's own kernel a particle's weight then rests on how well its clutter happens to fall,
         more than on its letters.  Rendered without clutter, every particle misses the image's
-        clutter alike and the weights judge the text more (ebay's hour breaker, session 21: the
-        posterior read 89.0% against 86.0% of the same 400 draws' strings, greedy 88.0%;
-        ``benchmarks/README.md``).  Its addresses are the same (the clutter latents are still
+        clutter alike and the weights judge the text more (``benchmarks/text_only_reads.py``
+        compares the two reads on the same particles).  Its addresses are the same (the clutter latents are still
         drawn, and change nothing), so a breaker compiled for this style reads with it; what the
         seed also drives in the text itself (an elastic field) stays.
         """
         return dataclasses.replace(self, text_only=True)
-
-    def prior_size(self) -> float:
-        """log10 of the number of distinct texts (a rough difficulty measure)."""
-        a = len(self.alphabet)
-        return math.log10(sum(a**n for n in range(self.min_letters, self.max_letters + 1)))
 
 
 def latent_values(trace) -> dict[str, torch.Tensor]:

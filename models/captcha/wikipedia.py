@@ -4,6 +4,8 @@ background."""
 
 import math
 
+from infcomp import CNNConfig
+
 from .style import CaptchaStyle, Latent
 
 STYLE = CaptchaStyle(
@@ -31,7 +33,6 @@ STYLE = CaptchaStyle(
     ),
     fixed=dict(elastic_sigma=4.0, background=0.9, noise=0.03, blur=0.4),
     bandwidth=0.15,
-    # up to ten letters in 180 px: 4-px columns read 67.8% of strings against 52.6% at 8 px in
-    # same-day hours (benchmarks/README.md, session 14)
-    network={"column_pixels": 4},
+    # up to ten letters in 180 px, about two 8-px columns each: attention reads a column per 4 px
+    encoder=CNNConfig(column_pixels=4),
 )

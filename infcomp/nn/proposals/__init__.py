@@ -1,14 +1,16 @@
-"""One place decides how a prior's family becomes a proposal head.
+"""Proposal families: one per file, in a registry keyed by stable names.
 
-:func:`fit_family` peels ``Independent`` wrappers off a site's distribution and
-picks a proposal family by the prior's class (discrete) or support (continuous).
-Whatever it cannot fit proposes from the prior, and the caller warns once.
+A family says which priors it fits (:meth:`ProposalFamily.fits`) and how its network
+outputs become a proposal relative to the prior.  :func:`fit_family` asks the families in
+order (the guide's own first, then those added with :func:`register_family`, then the
+built-in ones) and takes the first that fits; a prior none fits proposes from itself
+(``"prior"``), and the caller warns once.  A saved guide names each address's family, so
+the names are stable; a family's parameters live with the addresses that use it, so adding
+one changes no saved tensor.
 """
 
 from __future__ import annotations
 
-import pyro.distributions as dist
-from pyro.distributions import constraints
 from torch.distributions import Independent
 
 from .base import ProposalFamily
@@ -21,25 +23,54 @@ from .normal_mixture import NormalMixtureProposal
 from .poisson_mixture import PoissonMixtureProposal
 from .prior import PriorProposal
 
-__all__ = ["ProposalFamily", "FAMILIES", "fit_family", "unwrap", "make_families"]
+__all__ = ["ProposalFamily", "fit_family", "unwrap", "make_families", "register_family", "family_class"]
+
+#: The built-in families in the order they are tried.
+BUILTIN = (
+    CategoricalProposal,
+    BernoulliProposal,
+    BinomialProposal,
+    PoissonMixtureProposal,
+    NormalMixtureProposal,
+    LogNormalMixtureProposal,
+    BetaIntervalProposal,
+)
+_REGISTERED: dict[str, type] = {}  # families added with register_family, in the order added
 
 
-def make_families(num_components: int = 3) -> dict[str, ProposalFamily]:
-    fams = [
-        CategoricalProposal(),
-        BernoulliProposal(),
-        NormalMixtureProposal(num_components),
-        LogNormalMixtureProposal(num_components),
-        BetaIntervalProposal(num_components),
-        PoissonMixtureProposal(num_components),
-        BinomialProposal(),
-        PriorProposal(),
-    ]
-    return {f.name: f for f in fams}
+def _check_family(cls) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, ProposalFamily)):
+        raise TypeError(f"a proposal family is a subclass of infcomp.ProposalFamily, got {cls!r}")
+    if not isinstance(cls.name, str) or cls.name in ("", "abstract"):
+        raise ValueError(f"proposal family {cls.__name__} needs a name of its own (a class attribute `name`)")
+    return cls
 
 
-FAMILIES = make_families()
-FAMILY_NAMES = tuple(FAMILIES)
+def register_family(cls):
+    """Add a proposal family for every guide compiled from now on (usable as a class decorator).
+    ValueError if another family already has its name."""
+    _check_family(cls)
+    taken = family_class(cls.name, ())
+    if taken is not None and taken is not cls:
+        raise ValueError(f"a proposal family named {cls.name!r} exists already ({taken.__name__})")
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def family_class(name: str, extra=()):
+    """The family class called ``name`` among ``extra``, the registered and the built-in ones, or None."""
+    for cls in (*extra, *_REGISTERED.values(), *BUILTIN, PriorProposal):
+        if cls.name == name:
+            return cls
+    return None
+
+
+def make_families(extra=(), num_components: int = 3) -> dict[str, ProposalFamily]:
+    """``name -> family``, in the order :func:`fit_family` tries them; ``"prior"`` last."""
+    out = {}
+    for cls in (*map(_check_family, extra), *_REGISTERED.values(), *BUILTIN, PriorProposal):
+        out.setdefault(cls.name, cls(num_components))
+    return out
 
 
 def unwrap(fn):
@@ -51,31 +82,10 @@ def unwrap(fn):
     return fn, event_dim
 
 
-def _is(support, *kinds):
-    support = getattr(support, "base_constraint", support)
-    return any(isinstance(support, k) for k in kinds)
-
-
-def fit_family(fn) -> str:
-    """The name of the proposal family for a prior ``fn`` (``"prior"`` if none fits)."""
+def fit_family(fn, families: dict) -> str:
+    """The name of the first family in ``families`` that fits prior ``fn`` (``"prior"`` if none)."""
     base, _ = unwrap(fn)
-    if base.event_shape != ():
-        return "prior"
-    if isinstance(base, dist.Categorical):
-        return "categorical"
-    if isinstance(base, dist.Bernoulli):
-        return "bernoulli"
-    if isinstance(base, dist.Binomial):
-        return "binomial"
-    support = base.support
-    if support is constraints.nonnegative_integer or isinstance(base, (dist.Poisson, dist.Geometric, dist.NegativeBinomial)):
-        return "poisson_mixture"
-    if support.is_discrete:
-        return "prior"
-    if support is constraints.real:
-        return "normal_mixture"
-    if support in (constraints.positive, constraints.nonnegative) or _is(support, constraints.greater_than, constraints.greater_than_eq):
-        return "lognormal_mixture"
-    if support is constraints.unit_interval or _is(support, constraints.interval, constraints.half_open_interval):
-        return "beta_interval"
-    return "prior"
+    for family in families.values():
+        if family.has_head and family.fits(base):
+            return family.name
+    return PriorProposal.name

@@ -22,8 +22,15 @@ import torch
 
 class ProposalFamily:
     name: str = "abstract"
-    discrete: bool = False
     has_head: bool = True
+
+    def __init__(self, num_components: int = 3):
+        self.K = num_components  # mixture components, for the families that mix
+
+    def fits(self, prior) -> bool:
+        """Whether this family proposes for ``prior`` (a distribution with its ``Independent``
+        wrappers peeled off).  Judge by what the prior really is, its class and support."""
+        raise NotImplementedError
 
     # -- per address ---------------------------------------------------------
     def num_params(self, spec) -> int:
@@ -81,6 +88,25 @@ def finite_or(x, default):
     return torch.where(torch.isfinite(x), x, torch.as_tensor(default, dtype=x.dtype))
 
 
+#: softplus(x + offset) is about 1 at x = 0: untrained heads start at the prior's scale.  The
+#: Normal-based mixtures use two places, the Beta one four; saved heads were trained with each.
+SOFTPLUS_INV_ONE_2 = 0.55
+SOFTPLUS_INV_ONE_4 = 0.5413
+
+
+def scalar_prior(prior, *, discrete: bool) -> bool:
+    """A prior with no event dims whose support is discrete (or continuous) as asked."""
+    return prior.event_shape == () and bool(prior.support.is_discrete) == discrete
+
+
+def gumbel_max(logits, sample_shape=torch.Size()) -> torch.Tensor:
+    """One categorical draw per row of ``logits [..., K]`` by the Gumbel-max trick:
+    ``[*sample_shape, ..., 1]`` indices."""
+    shape = torch.Size(sample_shape) + logits.shape
+    u = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(min=1e-20)
+    return (logits - torch.log(-torch.log(u))).argmax(-1, keepdim=True)
+
+
 def mixture_init(layer, num_components, num_elems, params_per_component, spread_index, spread=1.0):
     """Small random weights; component locations spread over [-spread, spread] to break symmetry."""
     torch.nn.init.normal_(layer.weight, std=1e-3)
@@ -99,10 +125,7 @@ class Mixture(dist.MixtureSameFamily):
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
-            logits = self.mixture_distribution.logits
-            shape = torch.Size(sample_shape) + logits.shape
-            gumbel = -torch.log(-torch.log(torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp(min=1e-20)))
-            idx = (logits + gumbel).argmax(-1, keepdim=True)  # [*sample, *batch, 1]
+            idx = gumbel_max(self.mixture_distribution.logits, sample_shape)  # [*sample, *batch, 1]
             comp = self.component_distribution.sample(sample_shape)  # [*sample, *batch, K]
             return comp.gather(-1, idx).squeeze(-1)
 

@@ -7,7 +7,9 @@ from .base import ProposalFamily, flat
 
 class BernoulliProposal(ProposalFamily):
     name = "bernoulli"
-    discrete = True
+
+    def fits(self, prior):
+        return prior.event_shape == () and isinstance(prior, dist.Bernoulli)
 
     def num_params(self, spec):
         return 1

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.distributions.transforms import AffineTransform
 
-from .base import Mixture, ProposalFamily, broadcast_context, flat, mixture_init
+from pyro.distributions import constraints
+
+from .base import SOFTPLUS_INV_ONE_4, Mixture, ProposalFamily, broadcast_context, flat, mixture_init, scalar_prior
 
 _EPS = 1e-6
-_SOFTPLUS_INV_ONE = 0.5413  # softplus(0.5413) ~= 1: untrained components are Uniform
 
 
 class _InteriorBeta(dist.Beta):
@@ -34,8 +35,10 @@ class _InteriorBeta(dist.Beta):
 class BetaIntervalProposal(ProposalFamily):
     name = "beta_interval"
 
-    def __init__(self, num_components=3):
-        self.K = num_components
+    def fits(self, prior):
+        s = getattr(prior.support, "base_constraint", prior.support)
+        bounded = s is constraints.unit_interval or isinstance(s, (constraints.interval, constraints.half_open_interval))
+        return scalar_prior(prior, discrete=False) and bounded
 
     def num_params(self, spec):
         return 3 * self.K
@@ -50,8 +53,8 @@ class BetaIntervalProposal(ProposalFamily):
     def _components(self, params):
         """Mixture logits and Beta concentrations ``a``, ``b``: each ``[..., K]``."""
         p = params.unflatten(-1, (self.K, 3))
-        a = 0.2 + F.softplus(p[..., 1] + _SOFTPLUS_INV_ONE)
-        b = 0.2 + F.softplus(p[..., 2] + _SOFTPLUS_INV_ONE)
+        a = 0.2 + F.softplus(p[..., 1] + SOFTPLUS_INV_ONE_4)
+        b = 0.2 + F.softplus(p[..., 2] + SOFTPLUS_INV_ONE_4)
         return p[..., 0], a, b
 
     def proposal(self, params, context):

@@ -7,7 +7,9 @@ from .base import ProposalFamily, broadcast_context, flat
 
 class BinomialProposal(ProposalFamily):
     name = "binomial"
-    discrete = True
+
+    def fits(self, prior):
+        return prior.event_shape == () and isinstance(prior, dist.Binomial)
 
     def num_params(self, spec):
         return 1

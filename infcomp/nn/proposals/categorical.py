@@ -8,7 +8,9 @@ from .base import ProposalFamily
 
 class CategoricalProposal(ProposalFamily):
     name = "categorical"
-    discrete = True
+
+    def fits(self, prior):
+        return prior.event_shape == () and isinstance(prior, dist.Categorical)
 
     def num_params(self, spec):
         return spec.num_categories

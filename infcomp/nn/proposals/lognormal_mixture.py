@@ -3,11 +3,12 @@ a mixture of log-Normals over ``x - lower``, located by moment-matching the prio
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch.distributions.transforms import AffineTransform, ExpTransform
 
-from .normal_mixture import NormalMixture
-from .base import ProposalFamily, broadcast_context, finite_or, flat, mixture_init
+from pyro.distributions import constraints
+
+from .base import ProposalFamily, broadcast_context, finite_or, flat, mixture_init, scalar_prior
+from .normal_mixture import normal_components
 
 
 def lower_bound(support):
@@ -17,8 +18,11 @@ def lower_bound(support):
 class LogNormalMixtureProposal(ProposalFamily):
     name = "lognormal_mixture"
 
-    def __init__(self, num_components=3):
-        self.K = num_components
+    def fits(self, prior):
+        s = getattr(prior.support, "base_constraint", prior.support)
+        half_line = s in (constraints.positive, constraints.nonnegative) or isinstance(
+            s, (constraints.greater_than, constraints.greater_than_eq))
+        return scalar_prior(prior, discrete=False) and half_line
 
     def num_params(self, spec):
         return 3 * self.K
@@ -41,7 +45,7 @@ class LogNormalMixtureProposal(ProposalFamily):
     def proposal(self, params, context):
         p = params.unflatten(-1, (self.K, 3))
         lb, mu, sigma = context[..., 0], context[..., 1:2], context[..., 2:3]
-        base = NormalMixture(p[..., 0], mu + sigma * p[..., 1], sigma * (F.softplus(p[..., 2] + 0.55) + 1e-3))
+        base = normal_components(p, mu, sigma)
         return dist.TransformedDistribution(base, [ExpTransform(), AffineTransform(lb, 1.0)], validate_args=False)
 
     def init_head(self, layer, spec):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 
-from .base import ProposalFamily, broadcast_context, finite_or, flat, mixture_init
+from .base import SOFTPLUS_INV_ONE_2, ProposalFamily, broadcast_context, finite_or, flat, gumbel_max, mixture_init, scalar_prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -53,18 +53,23 @@ class NormalMixture(TorchDistribution):
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.loc.shape
-            gumbel = -torch.log(-torch.log(torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(min=1e-20)))
-            k = (self.logits + gumbel).argmax(-1, keepdim=True)
+            k = gumbel_max(self.logits, sample_shape)
             loc = self.loc.expand(shape).gather(-1, k).squeeze(-1)
             scale = self.scale.expand(shape).gather(-1, k).squeeze(-1)
             return loc + scale * torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
 
 
+def normal_components(p, loc, scale) -> NormalMixture:
+    """Network outputs ``p [..., K, 3]`` (logit, standardised location, raw scale) as a mixture
+    around ``loc`` and ``scale`` (each ``[..., 1]``)."""
+    return NormalMixture(p[..., 0], loc + scale * p[..., 1], scale * (F.softplus(p[..., 2] + SOFTPLUS_INV_ONE_2) + 1e-3))
+
+
 class NormalMixtureProposal(ProposalFamily):
     name = "normal_mixture"
 
-    def __init__(self, num_components=3):
-        self.K = num_components
+    def fits(self, prior):
+        return scalar_prior(prior, discrete=False) and prior.support is constraints.real
 
     def num_params(self, spec):
         return 3 * self.K
@@ -86,7 +91,7 @@ class NormalMixtureProposal(ProposalFamily):
     def proposal(self, params, context):
         p = params.unflatten(-1, (self.K, 3))
         loc, scale = context[..., :1], context[..., 1:2]
-        return NormalMixture(p[..., 0], loc + scale * p[..., 1], scale * (F.softplus(p[..., 2] + 0.55) + 1e-3))
+        return normal_components(p, loc, scale)
 
     def init_head(self, layer, spec):
         mixture_init(layer, self.K, layer.out_features // (3 * self.K), 3, spread_index=1)

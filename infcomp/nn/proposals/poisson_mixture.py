@@ -3,16 +3,18 @@ are the prior's mean scaled by the network."""
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 
 from .base import Mixture, ProposalFamily, broadcast_context, finite_or, mixture_init
 
 
 class PoissonMixtureProposal(ProposalFamily):
     name = "poisson_mixture"
-    discrete = True
 
-    def __init__(self, num_components=3):
-        self.K = num_components
+    def fits(self, prior):
+        counts = prior.support is constraints.nonnegative_integer or isinstance(
+            prior, (dist.Poisson, dist.Geometric, dist.NegativeBinomial))
+        return prior.event_shape == () and counts
 
     def num_params(self, spec):
         return 2 * self.K

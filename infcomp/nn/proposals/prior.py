@@ -9,6 +9,9 @@ class PriorProposal(ProposalFamily):
     name = "prior"
     has_head = False
 
+    def fits(self, prior):
+        return True
+
     def num_params(self, spec):
         return 0
 
