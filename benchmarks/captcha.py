@@ -121,7 +121,7 @@ def main(argv=None):
                                                  shlex.split(args.compile_options))
         guide, reader = load_breaker(out / f"{name}.pt", text_only=args.text_only)
         row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained,
-                   column_pixels=guide.network.cfg.column_pixels)
+                   column_pixels=guide.network.encoder.cnn.column_pixels)
         run = guide.last_run
         row["fresh_traces_per_s"] = run.traces_per_second
         # what the network trains on per second (echoed batches count again): the figure to set against pyprob's

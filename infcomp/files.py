@@ -13,10 +13,10 @@ import os
 import torch
 
 from . import legacy
-from .guide import Guide
+from .guide import Guide, one_encoder
 from .nn.encoders import CNNConfig
 from .nn.network import InferenceNetwork, NetworkConfig
-from .nn.proposals import family_class
+from .nn.proposals import family_class, is_builtin
 from .traces import ObservationSpec, SiteSpec
 
 __all__ = ["save", "load", "FORMAT", "VERSION"]
@@ -40,7 +40,7 @@ def save(guide: Guide, path) -> None:
             "version": VERSION,
             "config": net.cfg.to_dict(),
             "encoder": {"cnn": net.encoder.cnn.to_dict(), "custom": net.encoder.custom is not None},
-            "families": [cls.name for cls in net.extra_families],
+            "families": sorted({s.family for s in net.specs.values() if not is_builtin(s.family)}),
             "observe": list(guide.observe),
             "obs_specs": [s.to_dict() for s in net.obs_specs.values()],
             "sites": [net.specs[n].to_dict() for n in net.specs],
@@ -82,15 +82,21 @@ def _read(path, device) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _corrupt(path, "it has no infcomp-guide header")
     if data.get("version") == 1:
-        return legacy.upgrade(data)
+        try:
+            return legacy.upgrade(data)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise _corrupt(path, f"a version-1 file that does not read: {type(e).__name__}: {e}") from None
     if data.get("version") != VERSION:
         raise _corrupt(path, f"format version {data.get('version')!r}, this infcomp reads versions 1 and {VERSION}")
     return data
 
 
 def _families(path, names, given) -> tuple:
-    classes = []
+    """The classes ``given``, then those of the families the file names that ``given`` lacks."""
+    classes = list(given)
     for name in names:
+        if any(cls.name == name for cls in classes):
+            continue
         cls = family_class(name, given)
         if cls is None:
             raise ValueError(f"{path} uses the proposal family {name!r}: pass its class as families=, or register_family it")
@@ -101,6 +107,8 @@ def _families(path, names, given) -> tuple:
 def _network(path, data, encoder, families) -> InferenceNetwork:
     if data["encoder"]["custom"] and encoder is None:
         raise ValueError(f"{path} was compiled with your own observation encoder: pass it again as encoder=")
+    if encoder is not None and not data["encoder"]["custom"]:
+        raise ValueError(f"{path} was compiled with the default observation encoder: load it without encoder=")
     cfg = NetworkConfig(**data["config"])
     cnn = CNNConfig(**data["encoder"]["cnn"])
     obs_specs = {d["name"]: ObservationSpec.from_dict(d) for d in data["obs_specs"]}
@@ -126,9 +134,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
         (``embedding=`` is its older name).
     :param families: proposal family classes the guide was compiled with, beyond the registered ones.
     """
-    if embedding is not None and encoder is not None:
-        raise ValueError("embedding= is the older name of encoder=: pass one of them")
-    encoder = embedding if encoder is None else encoder
+    encoder = one_encoder(encoder, embedding, kinds=(torch.nn.Module,))
     data = _read(path, device)
     try:
         net = _network(path, data, encoder, families)

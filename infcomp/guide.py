@@ -15,7 +15,7 @@ import pyro.poutine as poutine
 from .handler import ObservationState, ProposalMessenger
 from .nn.encoders import CNNConfig
 from .nn.network import InferenceNetwork, NetworkConfig, split_config
-from .traces import PriorSampler, check_consistent, observation_specs
+from .traces import PriorSampler, observation_specs
 
 __all__ = ["Guide", "build_guide", "default_lr"]
 
@@ -107,11 +107,9 @@ class Guide:
     # -- the model ----------------------------------------------------------------
     def check_model(self, model, model_args=(), model_kwargs=None):
         """Run the model once forward and raise if its addresses or observation shapes disagree with the guide."""
-        sampler = PriorSampler(model, self.observe, model_args, model_kwargs, self.network.families)
+        sampler = PriorSampler(model, self.observe, model_args, model_kwargs, self.network.families,
+                               specs=self.network.specs)  # raises where a site is no longer its address
         record = sampler.sample()
-        for name, spec in sampler.specs.items():
-            if name in self.network.specs:
-                check_consistent(self.network.specs[name], spec)
         for name, value in record.observation.items():
             want = self.obs_specs[name].shape
             if tuple(value.shape) != want:
@@ -180,14 +178,22 @@ def _kind(dtype):
     return "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "complex" if dtype.is_complex else "int"
 
 
-def _network_settings(config, encoder, embedding):
-    """``(NetworkConfig fields, CNNConfig or None, user encoder module or None)`` from compile's
-    ``config=``, ``encoder=`` and ``embedding=``; ValueError naming the argument at fault."""
+def one_encoder(encoder, embedding, kinds=(CNNConfig, torch.nn.Module)):
+    """``encoder=`` or its older name ``embedding=``; TypeError unless it is one of ``kinds``."""
     if embedding is not None and encoder is not None:
         raise ValueError("embedding= is the older name of encoder=: pass one of them")
     encoder = embedding if encoder is None else encoder
-    if encoder is not None and not isinstance(encoder, (CNNConfig, torch.nn.Module)):
-        raise TypeError(f"encoder= takes an infcomp.CNNConfig or a torch.nn.Module, got {type(encoder).__name__}")
+    if encoder is not None and not isinstance(encoder, kinds):
+        names = " or ".join("an infcomp.CNNConfig" if k is CNNConfig else "a torch.nn.Module" for k in kinds)
+        raise TypeError(f"encoder= takes {names}, got {type(encoder).__name__}")
+    return encoder
+
+
+def _network_settings(config, encoder, embedding):
+    """``(NetworkConfig fields, CNNConfig or None, its fields set by ``config=``, user encoder
+    module or None)`` from compile's ``config=``, ``encoder=`` and ``embedding=``; ValueError
+    naming the argument at fault."""
+    encoder = one_encoder(encoder, embedding)
     if config is None:
         fields = {}
     elif isinstance(config, NetworkConfig):
@@ -198,12 +204,18 @@ def _network_settings(config, encoder, embedding):
         raise TypeError(f"config= takes a NetworkConfig or a dict of its fields, got {type(config).__name__}")
     fields, cnn_fields = split_config(fields)
     NetworkConfig().differences(fields)  # a ValueError naming an unknown field
+    if cnn_fields and isinstance(encoder, torch.nn.Module):
+        raise ValueError(f"config= sets the default image encoder's {sorted(cnn_fields)}, but encoder= is your own module")
     cnn = encoder if isinstance(encoder, CNNConfig) else None
-    if cnn_fields:
-        if isinstance(encoder, torch.nn.Module):
-            raise ValueError(f"config= sets the default image encoder's {sorted(cnn_fields)}, but encoder= is your own module")
-        cnn = (cnn or CNNConfig()).replace(**cnn_fields)
-    return fields, cnn, encoder if isinstance(encoder, torch.nn.Module) else None
+    return fields, cnn, cnn_fields, encoder if isinstance(encoder, torch.nn.Module) else None
+
+
+def _refuse_changes(differences, what: str, argument: str):
+    for key, have, wanted in differences:
+        raise ValueError(
+            f"{what}: the guide to resume was built with {key}={have!r}, not {wanted!r} "
+            f"({argument}= sets up a new guide's network: resume without it, or compile a new guide)"
+        )
 
 
 def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, encoder=None,
@@ -211,9 +223,10 @@ def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *,
     """A new guide for ``model`` (its network sized from the ``validation`` trace records), or
     ``guide`` checked against the model and bound to it.  ValueError if a resumed guide observes
     other sites or was built with another network than ``config`` or ``encoder`` ask for."""
-    fields, cnn, module = _network_settings(config, encoder, embedding)
+    fields, cnn, cnn_fields, module = _network_settings(config, encoder, embedding)
     if guide is None:
         obs_specs = observation_specs(validation[0])
+        cnn = (cnn or CNNConfig()).replace(**cnn_fields)
         network = InferenceNetwork(obs_specs, NetworkConfig(**fields), module, cnn, families)
         network.encoder.set_normalization(
             {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
@@ -223,16 +236,11 @@ def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *,
         raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
     if module is not None:
         raise ValueError("encoder= builds a new guide's network; the guide to resume has its own")
-    for key, have, wanted in guide.network.cfg.differences(fields):
-        raise ValueError(
-            f"config: the guide to resume was built with {key}={have!r}, not {wanted!r} "
-            "(config= sets up a new guide's network: resume without it, or compile a new guide)"
-        )
-    for key, have, wanted in guide.network.encoder.cnn.differences(cnn) if cnn is not None else ():
-        raise ValueError(
-            f"encoder: the guide to resume was built with CNNConfig({key}={have!r}), not {wanted!r} "
-            "(encoder= sets up a new guide's network: resume without it, or compile a new guide)"
-        )
+    built = guide.network.encoder.cnn
+    _refuse_changes(guide.network.cfg.differences(fields), "config", "config")
+    _refuse_changes(built.differences(cnn.replace(**cnn_fields)) if cnn is not None else
+                    [(k, getattr(built, k), v) for k, v in cnn_fields.items() if getattr(built, k) != v],
+                    "encoder: CNNConfig", "encoder")
     return guide.bind_model(model, model_args, model_kwargs)
 
 

@@ -87,4 +87,4 @@ def upgrade_optimizer(state: dict, net) -> dict:
 def _family_row(adam_state, row):
     if adam_state is None:
         return None
-    return {k: (v[row].clone() if getattr(v, "dim", lambda: 0)() > 0 else v) for k, v in adam_state.items()}
+    return {k: v[row].clone() if v.dim() > 0 else v.clone() for k, v in adam_state.items()}  # step: a tensor of its own

@@ -38,7 +38,7 @@ def fork_rng(seed: int | None):
         yield
         return
     state = pyro.util.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None  # the block may start CUDA
     try:
         pyro.set_rng_seed(seed)
         yield

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyro
+import pyro.distributions
 import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
@@ -99,7 +100,7 @@ def site_spec(name: str, fn, families: dict) -> SiteSpec:
     """The address table's entry for site ``name`` with prior ``fn``, its family fitted from ``families``."""
     family = fit_family(fn, families)
     base, event_dim = unwrap(fn)
-    k = int(base.logits.shape[-1]) if family == "categorical" else 0
+    k = int(base.logits.shape[-1]) if isinstance(base, pyro.distributions.Categorical) else 0
     return SiteSpec(name, family, type(base).__name__, tuple(fn.shape()), event_dim, k)
 
 
@@ -132,17 +133,19 @@ class PriorSampler:
     """Draws prior traces of a model and turns them into :class:`TraceRecord` s.
 
     Keeps the address table of every site it has met, and raises if a site comes
-    back with another family or shape (an address must mean one thing).
+    back with another distribution or shape (an address must mean one thing).  ``specs``:
+    an address table to start from (a trained guide's), whose entries stand as they are: a
+    family registered since is not fitted to them again.
     """
 
-    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True):
+    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True, specs=None):
         self.model = model
         self.observe = normalize_observe(observe)
         self.args = tuple(model_args)
         self.kwargs = dict(model_kwargs or {})
         self.families = families if families is not None else make_families()
         self.validate = validate  # Pyro's argument checks; training workers turn them off for speed
-        self.specs: dict[str, SiteSpec] = {}
+        self.specs: dict[str, SiteSpec] = dict(specs or {})
         self._known = {}  # name -> (prior class, shape): a cheap identity check per trace
         self._warned = set()
         self._runner = poutine.trace(Unobserve(self.observe)(model))
@@ -155,10 +158,11 @@ class PriorSampler:
         spec = site_spec(name, fn, self.families)
         old = self.specs.get(name)
         if old is not None:
-            check_consistent(old, spec)
+            check_consistent(old, spec, refit=True)
+            spec = old
         else:
             self.specs[name] = spec
-            if spec.family == "prior" and spec.dist != "Delta" and name not in self._warned:
+            if not self.families[spec.family].has_head and spec.dist != "Delta" and name not in self._warned:
                 self._warned.add(name)
                 warnings.warn(
                     f"site {name!r}: no proposal family fits {spec.describe()}; "
@@ -195,11 +199,18 @@ class PriorSampler:
         return TraceRecord(tuple(structure), tuple(values), tuple(contexts), observation)
 
 
-def check_consistent(old: SiteSpec, new: SiteSpec):
-    if old.family != new.family or old.dist != new.dist:
+def check_consistent(old: SiteSpec, new: SiteSpec, refit=False):
+    """ValueError naming the difference if ``new`` (the site as the model samples it now) is not
+    the address ``old``.  With ``refit``, a family fitted anew may differ: ``old``'s stands."""
+    if old.dist != new.dist:
         raise ValueError(
             f"site {old.name!r} was sampled from {old.dist} before and from {new.dist} now: "
             "an address must keep one distribution family (give the two sites different names)"
+        )
+    if old.family != new.family and not refit:
+        raise ValueError(
+            f"site {old.name!r} ({old.dist}) has the proposal family {old.family!r} in the guide, "
+            f"but {new.family!r} fits it now"
         )
     if old.value_shape != new.value_shape or old.num_categories != new.num_categories:
         raise ValueError(

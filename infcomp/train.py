@@ -390,11 +390,12 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     if num_traces is None and minutes is None:
         num_traces = 10_000
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    run_seed = draw_seed() if seed is None else seed
+    run_seed = draw_seed() if seed is None else int(seed)
     with fork_rng(run_seed):
         model_kwargs = dict(model_kwargs or {})
         table = guide.network.families if guide is not None else make_families(families)
-        sampler = PriorSampler(model, observe, model_args, model_kwargs, table)
+        sampler = PriorSampler(model, observe, model_args, model_kwargs, table,
+                               specs=guide.network.specs if guide is not None else None)
         validation = [sampler.sample() for _ in range(validation_size)]
         _check_validation(validation, observe)
         guide = build_guide(model, observe, validation, model_args, model_kwargs, guide=guide, encoder=encoder,

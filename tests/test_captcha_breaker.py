@@ -293,3 +293,15 @@ def test_greedy_read_stops_after_the_letters_and_reads_what_the_full_pass_reads(
         assert set(short) == {k for k in full if k == "num_letters" or k.startswith("letter_")}
         assert all(torch.equal(short[k], full[k]) for k in short)
         assert read_greedy(style, guide, image) == style.reading(full)
+
+
+def test_a_resume_with_an_encoder_field_in_config_compares_that_field_alone():
+    from infcomp_models.captcha.breaker import compile_breaker
+
+    guide = compile_breaker("ebay", num_traces=64, workers=0, progress=False)
+    assert guide.network.encoder.cnn.column_pixels == 4
+    with pytest.warns(FutureWarning):
+        compile_breaker("ebay", num_traces=64, workers=0, progress=False, guide=guide, config={"conv_refine": True})
+    assert guide.traces_trained == 128
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match=r"built with refine=True, not False"):
+        compile_breaker("ebay", num_traces=64, workers=0, progress=False, guide=guide, config={"conv_refine": False})

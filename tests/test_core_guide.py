@@ -148,7 +148,7 @@ def test_version_1_files_without_a_setting_mean_what_it_meant_before_it_existed(
 
 
 def test_config_fields_of_the_image_encoder_still_set_it_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="encoder=infcomp.CNNConfig"):
+    with pytest.warns(FutureWarning, match="encoder=infcomp.CNNConfig"):
         guide = infcomp.compile(image_model, observe="image", num_traces=64, seed=0, workers=0, progress=False,
                                 config={"conv_norm": False, "memory_columns": 16, "column_rnn": 0})
     assert guide.network.encoder.cnn == infcomp.CNNConfig(norm=False, columns=16)

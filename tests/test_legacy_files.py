@@ -42,3 +42,31 @@ def test_a_version_1_guide_resumes_training_with_its_optimizer_state():
     infcomp.compile(legacy.mixed, observe="y", num_traces=64, guide=guide, seed=1, workers=0, progress=False,
                     validation_size=64)
     assert guide.traces_trained == before + 64
+
+
+def test_a_version_1_optimizer_state_is_regrouped_moment_for_moment():
+    from infcomp.data import collate
+    from infcomp.legacy import FAMILY_ROWS
+    from infcomp.traces import PriorSampler
+    from infcomp.train import Trainer
+
+    old = torch.load(legacy.GUIDE, weights_only=True)["optimizer"]
+    old_family = old["state"][old["param_groups"][0]["params"][4]]  # the MLP encoder's 4 tensors, then the matrix
+    assert old_family["exp_avg"].shape[0] == len(FAMILY_ROWS)
+    guide = infcomp.load(legacy.GUIDE, model=legacy.mixed)
+    net = guide.network
+    sampler = PriorSampler(legacy.mixed, "y", families=net.families, specs=net.specs)
+    trainer = Trainer(guide, sampler, [sampler.sample() for _ in range(8)], 1e-3, 8, "cpu")
+    state = trainer.optimizer.state
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert len({id(state[p]["step"]) for p in params}) == len(params)  # every parameter counts its own steps
+    for p in params:
+        assert state[p]["exp_avg"].shape == p.shape
+    for family, p in net.family_embedding.items():
+        assert torch.equal(state[p]["exp_avg"], old_family["exp_avg"][FAMILY_ROWS.index(family)])
+    kept = sorted(float(s["exp_avg"].sum()) for i, s in old["state"].items() if s is not old_family)
+    assert sorted(float(state[p]["exp_avg"].sum()) for p in params if p not in set(net.family_embedding.values())) \
+        == pytest.approx(kept, abs=0)
+    before = {id(p): int(state[p]["step"]) for p in params}
+    trainer.step(collate([sampler.sample() for _ in range(8)], sampler.specs))
+    assert all(int(state[p]["step"]) == before[id(p)] + 1 for p in params)

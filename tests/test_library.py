@@ -187,3 +187,55 @@ def test_plotting_never_switches_matplotlibs_backend(tmp_path):
         assert (tmp_path / "mu.png").stat().st_size > 0
     finally:
         matplotlib.use(previous)
+
+
+def test_a_guide_of_a_registered_family_saves_its_name_and_loads_by_the_registry(monkeypatch, tmp_path):
+    monkeypatch.setattr(proposals, "_REGISTERED", {})
+    infcomp.register_family(ExponentialRate)
+    guide = infcomp.compile(exponential_model, observe="y", num_traces=64, seed=0, workers=0, progress=False)
+    guide.save(tmp_path / "exp.pt")
+    assert infcomp.load(tmp_path / "exp.pt", model=exponential_model).network.specs["x"].family == "exponential_rate"
+    monkeypatch.setattr(proposals, "_REGISTERED", {})  # a new process that has not registered it
+    with pytest.raises(ValueError, match="uses the proposal family 'exponential_rate'"):
+        infcomp.load(tmp_path / "exp.pt")
+    assert infcomp.load(tmp_path / "exp.pt", families=[ExponentialRate]).addresses == ["x"]
+
+
+class AnotherNormal(proposals.NormalMixtureProposal):
+    name = "another_normal"
+
+
+def test_a_family_registered_later_leaves_a_trained_guides_addresses_as_they_are(monkeypatch, tmp_path):
+    guide = infcomp.compile(gaussian, observe="y", num_traces=64, seed=0, workers=0, progress=False)
+    guide.save(tmp_path / "g.pt")
+    monkeypatch.setattr(proposals, "_REGISTERED", {})
+    infcomp.register_family(AnotherNormal)  # it fits mu's Normal prior, and is tried first from now on
+    loaded = infcomp.load(tmp_path / "g.pt", model=gaussian)
+    assert loaded.network.specs["mu"].family == "normal_mixture"
+    infcomp.compile(gaussian, observe="y", num_traces=64, guide=loaded, workers=0, progress=False)
+    assert loaded.network.specs["mu"].family == "normal_mixture" and loaded.traces_trained == 128
+    fresh = infcomp.compile(gaussian, observe="y", num_traces=64, seed=0, workers=0, progress=False)
+    assert fresh.network.specs["mu"].family == "another_normal"
+
+
+def test_family_names_must_be_identifiers_and_not_a_builtins():
+    class Dotted(ExponentialRate):
+        name = "my.family"
+
+    class Categorical2(ExponentialRate):
+        name = "categorical"
+
+    with pytest.raises(ValueError, match="a Python identifier"):
+        infcomp.compile(exponential_model, observe="y", num_traces=64, workers=0, progress=False, families=[Dotted])
+    with pytest.raises(ValueError, match="'categorical' is a built-in family's"):
+        infcomp.compile(exponential_model, observe="y", num_traces=64, workers=0, progress=False,
+                        families=[Categorical2])
+
+
+def test_load_refuses_an_encoder_it_cannot_use(tmp_path):
+    guide = infcomp.compile(gaussian, observe="y", num_traces=64, seed=0, workers=0, progress=False)
+    guide.save(tmp_path / "g.pt")
+    with pytest.raises(TypeError, match="encoder= takes a torch.nn.Module, got CNNConfig"):
+        infcomp.load(tmp_path / "g.pt", encoder=infcomp.CNNConfig())
+    with pytest.raises(ValueError, match="compiled with the default observation encoder: load it without encoder="):
+        infcomp.load(tmp_path / "g.pt", encoder=nn.Linear(2, 4))

@@ -87,7 +87,7 @@ LEGACY_CNN_FIELDS = {"conv_channels": "channels", "memory_columns": "columns", "
 def split_config(config: dict, warn=True) -> tuple[dict, dict]:
     """``config`` fields as ``(NetworkConfig fields, CNNConfig fields)``: the encoder's settings
     that older ``config=`` dicts and guide files carry move to the encoder (with a
-    DeprecationWarning where ``warn``)."""
+    FutureWarning where ``warn``)."""
     network, cnn = {}, {}
     for key, value in config.items():
         if key in LEGACY_CNN_FIELDS:
@@ -98,7 +98,7 @@ def split_config(config: dict, warn=True) -> tuple[dict, dict]:
         warnings.warn(
             f"config= fields {sorted(k for k in config if k in LEGACY_CNN_FIELDS)} set the image encoder: "
             f"pass encoder=infcomp.CNNConfig({', '.join(f'{k}=...' for k in cnn)}) instead",
-            DeprecationWarning, stacklevel=3,
+            FutureWarning, stacklevel=2,
         )
     return network, cnn
 

@@ -28,6 +28,7 @@ import torch
 
 from infcomp.abc import PixelKernel, RandomProjectionKernel
 from infcomp import CNNConfig
+from infcomp.rng import fork_rng
 
 from .fonts import font_source
 from .render import CaptchaSpec, render, seed_from_uniform
@@ -272,13 +273,14 @@ class CaptchaStyle:
         return self.model(image)
 
     def sample(self, seed: int, noiseless: bool = False) -> tuple[torch.Tensor, str]:
-        """One prior draw: ``(image, text)``.  Seeds Pyro's RNGs with ``pyro.set_rng_seed(seed)``.
+        """One prior draw: ``(image, text)``, drawn as after ``pyro.set_rng_seed(seed)``; the
+        caller's random number generators are left as they were.
 
         :param noiseless: return the rendering itself instead of the kernel's sample
             (which adds ``bandwidth`` noise, as the model's prior does).
         """
-        pyro.set_rng_seed(int(seed))
-        trace = poutine.trace(self.model).get_trace()
+        with fork_rng(int(seed)):
+            trace = poutine.trace(self.model).get_trace()
         values = latent_values(trace)
         node = trace.nodes["image"]
         image = node["fn"].mean if noiseless else node["value"]

@@ -23,7 +23,7 @@ from .normal_mixture import NormalMixtureProposal
 from .poisson_mixture import PoissonMixtureProposal
 from .prior import PriorProposal
 
-__all__ = ["ProposalFamily", "fit_family", "unwrap", "make_families", "register_family", "family_class"]
+__all__ = ["ProposalFamily", "fit_family", "unwrap", "make_families", "register_family", "family_class", "is_builtin"]
 
 #: The built-in families in the order they are tried.
 BUILTIN = (
@@ -41,8 +41,14 @@ _REGISTERED: dict[str, type] = {}  # families added with register_family, in the
 def _check_family(cls) -> type:
     if not (isinstance(cls, type) and issubclass(cls, ProposalFamily)):
         raise TypeError(f"a proposal family is a subclass of infcomp.ProposalFamily, got {cls!r}")
-    if not isinstance(cls.name, str) or cls.name in ("", "abstract"):
-        raise ValueError(f"proposal family {cls.__name__} needs a name of its own (a class attribute `name`)")
+    if not isinstance(cls.name, str) or cls.name in ("", "abstract") or not cls.name.isidentifier():
+        raise ValueError(
+            f"proposal family {cls.__name__} needs a name of its own, a Python identifier "
+            f"(a class attribute `name`), got {cls.name!r}"
+        )
+    builtin = next((b for b in (*BUILTIN, PriorProposal) if b.name == cls.name), None)
+    if builtin is not None and builtin is not cls:
+        raise ValueError(f"proposal family {cls.__name__}: the name {cls.name!r} is a built-in family's")
     return cls
 
 
@@ -80,6 +86,10 @@ def unwrap(fn):
         event_dim += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     return fn, event_dim
+
+
+def is_builtin(name: str) -> bool:
+    return any(cls.name == name for cls in (*BUILTIN, PriorProposal))
 
 
 def fit_family(fn, families: dict) -> str:

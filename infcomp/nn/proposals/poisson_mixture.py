@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from .base import Mixture, ProposalFamily, broadcast_context, finite_or, mixture_init
+from .base import Mixture, ProposalFamily, broadcast_context, finite_or, flat, mixture_init
 
 
 class PoissonMixtureProposal(ProposalFamily):
@@ -23,8 +23,7 @@ class PoissonMixtureProposal(ProposalFamily):
         return broadcast_context(prior, finite_or(prior.mean, 1.0).clamp(min=0.1))
 
     def features(self, value, context, spec):
-        z = torch.log1p(value.float()) - torch.log1p(context[..., 0])
-        return z.reshape(z.shape[: z.dim() - len(spec.value_shape)] + (-1,))
+        return flat(torch.log1p(value.float()) - torch.log1p(context[..., 0]), spec)
 
     def proposal(self, params, context):
         p = params.unflatten(-1, (self.K, 2))
