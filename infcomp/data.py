@@ -12,8 +12,12 @@ and apply every address's own weights in one batched matmul.
 
 from __future__ import annotations
 
+import collections
+import os
 import random
 import signal
+import time
+import traceback
 from dataclasses import dataclass, replace
 
 import pyro
@@ -23,7 +27,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .traces import PriorSampler
 
-__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "worker_seed", "batch_stream", "check_echo", "Echo"]
+__all__ = ["SiteGroup", "Batch", "collate", "PriorTraceStream", "worker_seed", "batch_stream", "check_echo", "Echo",
+           "TraceTimeout", "ModelFailureError", "FailureWindow", "draw_records"]
 
 
 @dataclass
@@ -49,9 +54,11 @@ class Batch:
     lengths: torch.Tensor  # [B] latent sites per trace
     groups: list
     specs: dict  # name -> SiteSpec for every address in the batch
+    failed: int = 0  # traces drawn for this batch that failed (skipped: not in it)
+    error: str = ""  # the last failure, "Type: message"
 
     def to(self, device):
-        if str(device) == "cpu":
+        if str(device) == "cpu" or self.size == 0:
             return self
         mv = lambda t: t.to(device)  # noqa: E731
         groups = [
@@ -89,10 +96,110 @@ def collate(records: list, specs: dict) -> Batch:
     return Batch(len(records), observation, lengths, out, {n: specs[n] for n in used})
 
 
-def prior_batches(sampler: PriorSampler, batch_size: int):
+class TraceTimeout(Exception):
+    """A trace ran past its ``trace_timeout``: it counts as a failed trace."""
+
+
+class ModelFailureError(RuntimeError):
+    """The model failed in more than the allowed share of its runs; ``guide`` is the guide trained
+    so far (saved first where the run had a checkpoint), ``last_failure`` the model's last error."""
+
+    def __init__(self, message, last_failure="", guide=None):
+        super().__init__(message)
+        self.last_failure, self.guide = last_failure, guide
+
+
+def _is_model_failure(exc) -> bool:
+    """True for an error of the model's own (or of the libraries it calls); False for one that
+    infcomp raised about the model (an address that changes meaning), which is no chance failure."""
+    if isinstance(exc, TraceTimeout):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    return not frames or not os.path.abspath(frames[-1].filename).startswith(here + os.sep)
+
+
+def _alarm(signum, frame):
+    raise TraceTimeout("the trace ran past trace_timeout")
+
+
+def _sample(sampler: PriorSampler, timeout):
+    """One trace, or the ``"Type: message"`` of the model's failure; with ``timeout`` (seconds, in
+    a worker process only) a trace that runs longer fails with :class:`TraceTimeout`."""
+    timed = timeout is not None and get_worker_info() is not None
+    if timed:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return sampler.sample()
+    except Exception as e:
+        if not _is_model_failure(e):
+            raise
+        return f"{type(e).__name__}: {e}"
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def prior_batches(sampler: PriorSampler, batch_size: int, trace_timeout=None):
+    """Batches of ``batch_size`` traces; failed traces are skipped and counted on the batch, and a
+    batch that ``batch_size`` failures leave short comes out as it is (empty if none succeeded)."""
     while True:
-        records = [sampler.sample() for _ in range(batch_size)]
-        yield collate(records, sampler.specs)
+        records, failed, error = [], 0, ""
+        while len(records) < batch_size and failed < batch_size:
+            r = _sample(sampler, trace_timeout)
+            if isinstance(r, str):
+                failed, error = failed + 1, r
+            else:
+                records.append(r)
+        batch = collate(records, sampler.specs) if records else Batch(0, {}, torch.zeros(0), [], {})
+        batch.failed, batch.error = failed, error
+        yield batch
+
+
+class FailureWindow:
+    """The model's failure rate over its latest ``window`` runs: :meth:`exceeded` once at least
+    ``min(window, 100)`` runs are counted and more than ``max_rate`` of those in the window failed."""
+
+    def __init__(self, max_rate: float = 0.1, window: int = 1000):
+        self.max_rate, self.window = max_rate, window
+        self.runs = collections.deque()  # (runs, failures) per record() call
+        self.count = self.failures = 0
+        self.last = ""
+
+    def record(self, ok: int, failed: int, error: str = ""):
+        self.runs.append((ok + failed, failed))
+        self.count, self.failures = self.count + ok + failed, self.failures + failed
+        self.last = error or self.last
+        while self.runs and self.count - self.runs[0][0] >= self.window:
+            n, f = self.runs.popleft()
+            self.count, self.failures = self.count - n, self.failures - f
+
+    def exceeded(self) -> bool:
+        return self.count >= min(self.window, 100) and self.failures > self.max_rate * self.count
+
+    def error(self, what: str) -> ModelFailureError:
+        """The :class:`ModelFailureError` to raise, naming ``what`` was being drawn and the last failure."""
+        return ModelFailureError(
+            f"the model failed in {self.failures} of its latest {self.count} runs drawing {what} "
+            f"({self.failures / max(self.count, 1):.0%}, above max_failure_rate={self.max_rate}); "
+            f"its last failure: {self.last}", self.last)
+
+
+def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow) -> list:
+    """``n`` traces drawn in this process, failed ones skipped and counted in ``failures``
+    (:class:`ModelFailureError` once its rate is exceeded)."""
+    records = []
+    while len(records) < n:
+        r = _sample(sampler, None)
+        if isinstance(r, str):
+            failures.record(0, 1, r)
+            if failures.exceeded():
+                raise failures.error("the validation set")
+        else:
+            records.append(r)
+            failures.record(1, 0)
+    return records
 
 
 def worker_seed(seed: int, worker: int) -> int:
@@ -110,15 +217,16 @@ class PriorTraceStream(IterableDataset):
     keeps its own draws runs the stream inside :func:`infcomp.rng.fork_rng`, as ``compile`` does.
     """
 
-    def __init__(self, sampler: PriorSampler, batch_size: int, seed: int):
+    def __init__(self, sampler: PriorSampler, batch_size: int, seed: int, trace_timeout=None):
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+        self.trace_timeout = trace_timeout
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         pyro.set_rng_seed(worker_seed(self.seed, worker))
         self.sampler.validate = False  # the validation set already ran with Pyro's checks on
-        return prior_batches(self.sampler, self.batch_size)
+        return prior_batches(self.sampler, self.batch_size, self.trace_timeout)
 
 
 def _init_worker(worker_id):
@@ -131,14 +239,58 @@ def _init_worker(worker_id):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int):
+def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int, trace_timeout=None,
+                 deadline=None):
     """An iterator of training batches, drawn in ``workers`` processes (0: in this one, which
-    it seeds: see :class:`PriorTraceStream`)."""
-    stream = PriorTraceStream(sampler, batch_size, seed)
+    it seeds: see :class:`PriorTraceStream`).
+
+    With workers, ``trace_timeout`` (seconds) fails a trace that runs longer, and ``deadline``
+    (a ``time.monotonic()`` value) ends the stream (``StopIteration``) when no batch has come by
+    then.  With ``workers=0`` neither applies: a model that stalls in this process stalls the stream.
+    """
+    stream = PriorTraceStream(sampler, batch_size, seed, trace_timeout)
     if workers == 0:
         return iter(stream)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_init_worker)
-    return iter(loader)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_init_worker,
+                        timeout=0 if deadline is None else _POLL)
+    return _Deadline(iter(loader), deadline)
+
+
+_POLL = 0.25  # seconds between looks at the deadline while waiting for a batch
+
+
+class _Deadline:
+    """A DataLoader iterator that ends at ``deadline``: waiting is polled, and workers still busy
+    then are terminated, so that a stalled model cannot hold the run past it."""
+
+    def __init__(self, it, deadline):
+        self.it, self.deadline = it, deadline
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            try:
+                return next(self.it)
+            except RuntimeError as e:
+                if self.deadline is None or "timed out" not in str(e):
+                    raise
+                if time.monotonic() >= self.deadline:
+                    self.close()
+                    raise StopIteration from None
+
+    def close(self):
+        """Kill the workers still busy (a stalled one would hold the DataLoader's shutdown), first
+        telling the DataLoader's SIGCHLD watch that they are meant to end."""
+        from torch.utils.data._utils import signal_handling
+
+        if getattr(self.it, "_worker_pids_set", False):
+            signal_handling._remove_worker_pids(id(self.it))
+            self.it._worker_pids_set = False
+        for w in getattr(self.it, "_workers", ()):
+            if w.is_alive():
+                w.kill()  # not terminate(): workers ignore SIGTERM (see _init_worker)
 
 
 def check_echo(factor):
@@ -179,7 +331,7 @@ class Echo:
                 self.waiting.pop()
             return entry[0], False
         batch = next(self.stream)
-        if self.factor > 1:
+        if self.factor > 1 and getattr(batch, "size", 1):  # a batch its failed traces left empty is not repeated
             if len(self.waiting) >= self.pool:  # while the pool fills, batches are not owed their repeats at once
                 self.credit += self.factor - 1
             repeats = int(self.factor - 1) + (self.rng.random() < (self.factor - 1) % 1)

@@ -8,7 +8,10 @@ the training history and metadata.  Files of format version 1 are upgraded as th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 
 import torch
 
@@ -19,7 +22,7 @@ from .nn.network import InferenceNetwork, NetworkConfig
 from .nn.proposals import family_class, is_builtin
 from .traces import ObservationSpec, SiteSpec
 
-__all__ = ["save", "load", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "check_writable", "output_lock", "FORMAT", "VERSION"]
 
 FORMAT = "infcomp-guide"
 VERSION = 2
@@ -30,30 +33,108 @@ def _plain(run):
 
 
 def save(guide: Guide, path) -> None:
-    """Write ``guide`` to ``path`` through a temporary file, so a save cut short leaves the old file whole."""
+    """Write ``guide`` to ``path`` through a temporary file of its own beside it, so a save cut
+    short leaves the old file whole and no temporary file behind, and saves at once to one path
+    do not collide.  A ``path`` that is a directory, or whose directory is missing, is an error
+    naming it."""
     net = guide.network
     path = os.fspath(path)
-    tmp = f"{path}.saving"
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "config": net.cfg.to_dict(),
-            "encoder": {"cnn": net.encoder.cnn.to_dict(), "custom": net.encoder.custom is not None},
-            "families": sorted({s.family for s in net.specs.values() if not is_builtin(s.family)}),
-            "observe": list(guide.observe),
-            "obs_specs": [s.to_dict() for s in net.obs_specs.values()],
-            "sites": [net.specs[n].to_dict() for n in net.specs],
-            "state_dict": net.state_dict(),
-            "optimizer": guide.optimizer_state,
-            "traces_trained": guide.traces_trained,
-            "history": [list(h) for h in guide.history],
-            "metadata": dict(guide.metadata),
-            "last_run": _plain(guide.last_run),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    _check_target(path)
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": net.cfg.to_dict(),
+        "encoder": {"cnn": net.encoder.cnn.to_dict(), "custom": net.encoder.custom is not None},
+        "families": sorted({s.family for s in net.specs.values() if not is_builtin(s.family)}),
+        "observe": list(guide.observe),
+        "obs_specs": [s.to_dict() for s in net.obs_specs.values()],
+        "sites": [net.specs[n].to_dict() for n in net.specs],
+        "state_dict": net.state_dict(),
+        "optimizer": guide.optimizer_state,
+        "traces_trained": guide.traces_trained,
+        "history": [list(h) for h in guide.history],
+        "metadata": dict(guide.metadata),
+        "last_run": _plain(guide.last_run),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".saving", dir=_parent(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _parent(path) -> str:
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _check_target(path):
+    """IsADirectoryError or FileNotFoundError, naming ``path``, where no file can be saved there."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save a guide to {path}: it is a directory (give a file name, e.g. guide.pt)")
+    if not os.path.isdir(_parent(path)):
+        raise FileNotFoundError(f"cannot save a guide to {path}: the directory {_parent(path)} does not exist")
+
+
+def check_writable(path, what="checkpoint"):
+    """ValueError naming ``what`` and ``path`` unless a guide can be saved there: its directory
+    exists and a file can be created in it (one is, and removed at once)."""
+    path = os.fspath(path)
+    try:
+        _check_target(path)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".probe", dir=_parent(path))
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        reason = e.strerror if e.filename else str(e)
+        raise ValueError(f"{what} {path} cannot be written ({reason}): give a file in a writable directory") from None
+
+
+_held = {}  # real path -> [lock file descriptor, holders in this process]
+
+
+@contextlib.contextmanager
+def output_lock(path, what="checkpoint"):
+    """Hold the lock on the output file ``path`` (``fcntl.flock`` on ``path + ".lock"``) for the
+    block; ValueError naming the file at once if another process holds it.  Re-entrant within a
+    process; the lock file is removed when the last holder lets go."""
+    key = os.path.realpath(os.fspath(path))
+    if key in _held:
+        _held[key][1] += 1
+    else:
+        _held[key] = [_acquire(key + ".lock", path, what), 1]
+    try:
+        yield
+    finally:
+        _held[key][1] -= 1
+        if _held[key][1] == 0:
+            fd = _held.pop(key)[0]
+            with contextlib.suppress(OSError):
+                os.remove(key + ".lock")
+            os.close(fd)  # closing releases the lock
+
+
+def _acquire(lock, path, what) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"{what} {path} cannot be locked ({e.strerror}): give a file in a writable directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"{what} {path} is in use by another compile (it holds {lock}): wait for it to "
+                             "end, or give another file") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed that lock file as we took it: take the new one
 
 
 def _corrupt(path, why):
@@ -73,12 +154,13 @@ def _layout_mismatch(net, state: dict) -> str:
 
 def _read(path, device) -> dict:
     """The file's contents as format ``VERSION``; ValueError naming the file if it is not one."""
+    _check_archive(path)
     try:
         data = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # pickle, zip or unpickling errors: not our file
-        raise _corrupt(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    except Exception as e:  # pickle, zip or unpickling errors: not our file (torch's own advice is not ours to give)
+        raise _corrupt(path, f"its contents do not read as a guide's plain data ({type(e).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _corrupt(path, "it has no infcomp-guide header")
     if data.get("version") == 1:
@@ -89,6 +171,38 @@ def _read(path, device) -> dict:
     if data.get("version") != VERSION:
         raise _corrupt(path, f"format version {data.get('version')!r}, this infcomp reads versions 1 and {VERSION}")
     return data
+
+
+def _check_archive(path) -> None:
+    """ValueError naming ``path`` unless it is a zip archive (what ``torch.save`` writes) whose
+    every member matches its CRC; FileNotFoundError if there is no such file."""
+    if not isinstance(path, (str, os.PathLike)):
+        return  # a file object: torch.load reads it as it is
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no guide file {path}")
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise _corrupt(path, f"it is not a sound torch archive ({type(e).__name__})") from None
+    if bad is not None:
+        raise _corrupt(path, f"its member {bad!r} fails its checksum (the file was damaged after it was saved)")
+
+
+def _non_finite(tree, where=""):
+    """The path of the first floating tensor in nested dicts and lists ``tree`` that holds NaN or
+    an infinity, or None."""
+    if torch.is_tensor(tree):
+        ok = not (tree.is_floating_point() or tree.is_complex()) or bool(torch.isfinite(tree).all())
+        return None if ok else where or "tensor"
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        hit = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if hit is not None:
+            return hit
+    return None
 
 
 def _families(path, names, given) -> tuple:
@@ -116,6 +230,9 @@ def _network(path, data, encoder, families) -> InferenceNetwork:
     for d in data["sites"]:
         net.add_site(SiteSpec.from_dict(d))
     state = data["state_dict"]
+    bad = _non_finite({"state_dict": state, "optimizer": data.get("optimizer")})
+    if bad is not None:
+        raise _corrupt(path, f"its tensor {bad!r} holds NaN or infinite values")
     mismatch = _layout_mismatch(net, state)
     if mismatch:
         raise ValueError(

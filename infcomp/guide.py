@@ -15,7 +15,7 @@ import pyro.poutine as poutine
 from .handler import ObservationState, ProposalMessenger
 from .nn.encoders import CNNConfig
 from .nn.network import InferenceNetwork, NetworkConfig, split_config
-from .traces import PriorSampler, observation_specs
+from .traces import PriorSampler, observation_specs, observed_tensor
 
 __all__ = ["Guide", "build_guide", "default_lr"]
 
@@ -35,7 +35,7 @@ class Guide:
         self._states = {}  # observation -> ObservationState
         self._address_terms = {}  # address -> network.address_terms(address)
         self._warned = set()
-        self._checked_model = model
+        self._checked_model = (model, self.model_args, self.model_kwargs) if model is not None else None
 
     @property
     def obs_specs(self) -> dict:
@@ -51,7 +51,9 @@ class Guide:
 
     # -- observations -------------------------------------------------------------
     def check_observation(self, observation) -> dict:
-        """A validated ``{site: tensor}`` on the guide's device, or a ValueError naming the fault."""
+        """A validated ``{site: tensor}`` on the guide's device: every compiled site present, of its
+        compiled shape and dtype kind, finite (:func:`~infcomp.traces.observed_tensor`, the check
+        prior importance sampling makes too); else a ValueError or TypeError naming the site."""
         if not isinstance(observation, dict):
             if len(self.observe) != 1:
                 raise ValueError(
@@ -65,12 +67,7 @@ class Guide:
         for name, spec in self.obs_specs.items():
             if name not in observation:
                 raise ValueError(f"observation is missing site {name!r} (the guide observes {list(self.observe)})")
-            value = observation[name]
-            if not torch.is_tensor(value):
-                try:
-                    value = torch.as_tensor(value)
-                except Exception:
-                    raise TypeError(f"observation for site {name!r} must be a tensor, got {type(value).__name__}") from None
+            value = observed_tensor(name, observation[name])  # finite, as on every inference path
             if tuple(value.shape) != spec.shape:
                 raise ValueError(
                     f"observation for site {name!r} has shape {tuple(value.shape)}, "
@@ -83,8 +80,6 @@ class Guide:
                         f"observation for site {name!r} has dtype {value.dtype}, but the model's site has {want}"
                     )
                 value = value.to(want)
-            if value.dtype.is_floating_point and bool(torch.isnan(value).any()):
-                raise ValueError(f"observation for site {name!r} contains NaN")
             out[name] = value.to(self.device)
         return out
 
@@ -106,10 +101,23 @@ class Guide:
 
     # -- the model ----------------------------------------------------------------
     def check_model(self, model, model_args=(), model_kwargs=None):
-        """Run the model once forward and raise if its addresses or observation shapes disagree with the guide."""
+        """Run the model forward and raise a ValueError naming the first difference from the guide:
+        a site of another distribution, proposal family, support or shape, an observed site of
+        another shape, or no latent site in common with the guide at all (new sites beside known
+        ones are fine: they propose from their prior)."""
         sampler = PriorSampler(model, self.observe, model_args, model_kwargs, self.network.families,
                                specs=self.network.specs)  # raises where a site is no longer its address
         record = sampler.sample()
+        for _ in range(2):  # a model of several structures may miss the known sites once
+            if not self.network.specs or set(record.structure) & set(self.network.specs):
+                break
+            record = sampler.sample()
+        else:
+            raise ValueError(
+                f"the model shares no latent site with the guide: the guide proposes for "
+                f"{list(self.network.specs)[:8]}, the model samples {list(record.structure)[:8]} "
+                "(is this the model the guide was compiled for?)"
+            )
         for name, value in record.observation.items():
             want = self.obs_specs[name].shape
             if tuple(value.shape) != want:
@@ -117,15 +125,15 @@ class Guide:
                     f"observed site {name!r} has shape {tuple(value.shape)} in this model, "
                     f"but the guide was compiled for shape {want}"
                 )
-        self._checked_model = model
+        self._checked_model = (model, tuple(model_args), dict(model_kwargs or {}))
 
     def bind_model(self, model, model_args=None, model_kwargs=None):
-        if model != self._checked_model:  # ==, not is: a bound method is a new object on each access
-            self.check_model(
-                model,
-                self.model_args if model_args is None else model_args,
-                self.model_kwargs if model_kwargs is None else model_kwargs,
-            )
+        """Use ``model`` (with these arguments) from now on; :meth:`check_model` runs it whenever the
+        model, its arguments or its keyword arguments differ from those last checked."""
+        args = self.model_args if model_args is None else tuple(model_args)
+        kwargs = self.model_kwargs if model_kwargs is None else dict(model_kwargs)
+        if not _same(self._checked_model, (model, args, kwargs)):
+            self.check_model(model, args, kwargs)
         self.model = model
         return self
 
@@ -172,6 +180,23 @@ class Guide:
             f"Guide(observe={list(self.observe)}, addresses={len(self.network.specs)}, "
             f"traces_trained={self.traces_trained})"
         )
+
+
+def _same(a, b) -> bool:
+    """Whether ``a`` and ``b`` are equal models or arguments: ``==`` (a bound method is a new
+    object on each access), tensors by value, containers element by element."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _kind(dtype):

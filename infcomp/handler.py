@@ -37,6 +37,11 @@ class ObservationState:
             self.obs_gates = network.observation_gates(self.obs_e)
             self.initial = network.initial_state(self.obs_e)
             self.w_prev = network.prev_weight()
+        if not bool(torch.isfinite(self.obs_e).all()):
+            raise ValueError(
+                f"observation for site(s) {list(observation)} is too far from what the guide was trained on: "
+                f"its encoding overflows (largest magnitude {_largest(observation):.3g}); it cannot be weighed with this guide"
+            )
         self._step_terms = {}
         self._first = None  # (name, context, proposal or point, lstm state, greedy)
 
@@ -59,12 +64,21 @@ class ObservationState:
                 return f[2], f[3]
         params, hc = self.network.step(hc, prev, name, self.step_terms(name), self.w_prev, self.attend)
         out = None
+        if params is not None and not bool(torch.isfinite(params).all()):
+            raise ValueError(
+                f"site {name!r}: the guide's proposal parameters are not finite for observation site(s) "
+                f"{list(self.observation)} (largest magnitude {_largest(self.observation):.3g}): it cannot be weighed with this guide"
+            )
         if params is not None:
             family = self.network.families[self.network.specs[name].family]
             out = family.point(params, context) if greedy else family.proposal(params, context)
         if first:
             self._first = (name, context, out, hc, greedy)
         return out, hc
+
+
+def _largest(observation: dict) -> float:
+    return max((float(v.double().abs().max()) if v.numel() else 0.0) for v in observation.values())
 
 
 class ProposalMessenger(Messenger):
@@ -95,7 +109,8 @@ class ProposalMessenger(Messenger):
                 warnings.warn(f"site {name!r} was never seen in training: it proposes from its prior", stacklevel=2)
             return
         base, event_dim = unwrap(fn)
-        if type(base).__name__ != spec.dist or tuple(fn.shape()) != spec.value_shape:
+        if (type(base).__name__ != spec.dist or tuple(fn.shape()) != spec.value_shape
+                or (spec.num_categories and base.logits.shape[-1] != spec.num_categories)):
             check_consistent(spec, site_spec(name, fn, self.network.families))
         context = self.network.families[spec.family].context(base)
         with torch.no_grad():

@@ -8,10 +8,27 @@ structure) keep the indices of the samples they appear in.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 __all__ = ["Posterior", "Marginal"]
+
+
+def _probabilities(q) -> torch.Tensor:
+    """``q`` (a number, or a list, tuple, tensor or array of them) as a float64 tensor, checked to lie in [0, 1]."""
+    items = q if isinstance(q, (list, tuple)) else [q]
+    numeric = all((isinstance(x, numbers.Real) and not isinstance(x, bool)) or hasattr(x, "__array__") or torch.is_tensor(x)
+                  for x in items)
+    try:
+        t = torch.as_tensor(q, dtype=torch.float64) if numeric else None
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None:
+        raise TypeError(f"quantile's q must be a probability in [0, 1] or a sequence of them, got {q!r}")
+    if bool((torch.isnan(t) | (t < 0) | (t > 1)).any()):
+        raise ValueError(f"quantile's q must be in [0, 1], got {q!r}")
+    return t
 
 
 class Marginal:
@@ -48,12 +65,15 @@ class Marginal:
         return self.values[idx]
 
     def quantile(self, q):
-        """Weighted quantile(s) of a scalar site."""
+        """Weighted quantile(s) of a scalar site: ``q`` a probability in [0, 1], or a sequence of them.
+
+        TypeError if ``q`` is not a number or a sequence of numbers; ValueError if one is outside [0, 1] or NaN.
+        """
         if self.values.dim() != 1:
             raise ValueError(f"quantile needs a scalar site; {self.name!r} has shape {tuple(self.values.shape[1:])}")
+        q = _probabilities(q)
         v, order = torch.sort(self.values.to(torch.float64))
         cdf = torch.cumsum(self.weights.to(torch.float64)[order], 0)
-        q = torch.as_tensor(q, dtype=torch.float64)
         idx = torch.searchsorted(cdf, q * cdf[-1]).clamp(max=len(v) - 1)
         return v[idx]
 
@@ -67,7 +87,11 @@ class Marginal:
         return density, edges
 
     def probs(self):
-        """``{value: probability}`` of a discrete scalar site."""
+        """``{value: probability}`` of a discrete site (integer or boolean values, or whole-number floats such as
+        a Bernoulli's); ValueError for a continuous one, whose values would each be their own entry."""
+        if self.values.dtype.is_floating_point and not bool((self.values == self.values.round()).all()):
+            raise ValueError(f"probs is for discrete sites; {self.name!r} takes continuous values: "
+                             "use histogram() or quantile() for its distribution")
         out = {}
         for v, w in zip(self.values.tolist(), self.weights.tolist()):
             key = tuple(v) if isinstance(v, list) else v
@@ -140,7 +164,16 @@ class Posterior:
         return Marginal(name, values, w, presence)
 
     def values(self, i) -> dict:
-        """Sample ``i``'s latent values, ``{site: value}``."""
+        """Sample ``i``'s latent values, ``{site: value}``: ``i`` an integer in ``-num_samples .. num_samples - 1``
+        (negative counts from the end); TypeError for a non-integer, IndexError outside that range."""
+        if isinstance(i, bool) or not isinstance(i, (numbers.Integral, torch.Tensor)) or (torch.is_tensor(i) and (
+                i.numel() != 1 or i.dtype.is_floating_point)):
+            raise TypeError(f"sample index i must be an integer, got {i!r}")
+        i = int(i)
+        if not -self.num_samples <= i < self.num_samples:
+            raise IndexError(f"sample index i={i} is out of range: this posterior has {self.num_samples} samples, "
+                             f"indices 0 .. {self.num_samples - 1} (or -{self.num_samples} .. -1 from the end)")
+        i %= self.num_samples
         return {n: vals[j] for n, (idx, vals) in self._by_sample().items() for j in [idx.get(i)] if j is not None}
 
     def _by_sample(self):

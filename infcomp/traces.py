@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import pyro.distributions
 import pyro.poutine as poutine
+import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -30,6 +31,8 @@ __all__ = [
     "site_spec",
     "is_latent",
     "normalize_observe",
+    "observed_tensor",
+    "observation_fault",
 ]
 
 
@@ -93,7 +96,47 @@ def normalize_observe(observe) -> tuple:
         raise TypeError(f"observe must be a site name or a list of site names, got {observe!r}") from None
     if not names or not all(isinstance(n, str) for n in names):
         raise TypeError(f"observe must be a site name or a non-empty list of site names, got {observe!r}")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise ValueError(f"observe names site {twice[0]!r} twice ({list(names)}): name each observed site once")
     return names
+
+
+def observed_tensor(name: str, value):
+    """``value`` as a tensor, checked finite: the one check every inference path makes on an
+    observation before it runs.  TypeError if it is no tensor and none can be made of it;
+    ValueError naming the site if it holds NaN or an infinity."""
+    if not torch.is_tensor(value):
+        try:
+            value = torch.as_tensor(value)
+        except Exception:
+            raise TypeError(f"observation for site {name!r} must be a tensor, got {type(value).__name__}") from None
+    if value.dtype.is_floating_point or value.dtype.is_complex:
+        if bool(torch.isnan(value).any()):
+            raise ValueError(f"observation for site {name!r} contains NaN")
+        if bool(torch.isinf(value).any()):
+            raise ValueError(f"observation for site {name!r} contains an infinity: it cannot be weighed")
+    return value
+
+
+def observation_fault(name: str, value, fn) -> str:
+    """Why the model's distribution ``fn`` at observed site ``name`` gives ``value`` zero density
+    (a value outside its support), or ''.  ValueError naming the site if ``fn`` does not draw
+    values of ``value``'s shape."""
+    shape, want = tuple(value.shape), tuple(fn.shape())
+    try:
+        fits = tuple(torch.broadcast_shapes(shape, want)) == want
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"observation for site {name!r} has shape {shape}, but the model draws that site with shape {want}")
+    try:
+        inside = bool(fn.support.check(value).all())
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return ""  # a support that cannot be checked (dependent): the density decides
+    if not inside:
+        return f"observation for site {name!r} lies outside the support {fn.support} of its {type(unwrap(fn)[0]).__name__}"
+    return ""
 
 
 def site_spec(name: str, fn, families: dict) -> SiteSpec:
@@ -159,6 +202,11 @@ class PriorSampler:
         old = self.specs.get(name)
         if old is not None:
             check_consistent(old, spec, refit=True)
+            if not self.families[old.family].fits(unwrap(fn)[0]):
+                raise ValueError(
+                    f"site {name!r}: the guide proposes for it with the family {old.family!r}, which does not "
+                    f"fit its prior now ({spec.describe()}, support {unwrap(fn)[0].support})"
+                )
             spec = old
         else:
             self.specs[name] = spec
@@ -212,10 +260,14 @@ def check_consistent(old: SiteSpec, new: SiteSpec, refit=False):
             f"site {old.name!r} ({old.dist}) has the proposal family {old.family!r} in the guide, "
             f"but {new.family!r} fits it now"
         )
-    if old.value_shape != new.value_shape or old.num_categories != new.num_categories:
+    if old.value_shape != new.value_shape:
         raise ValueError(
-            f"site {old.name!r} changed shape between runs: {old.describe()} before, "
-            f"{new.describe()} now" + (f" with {new.num_categories} categories (was {old.num_categories})" if old.num_categories != new.num_categories else "")
+            f"site {old.name!r} changed shape between runs: {old.describe()} before, {new.describe()} now"
+        )
+    if old.num_categories != new.num_categories:
+        raise ValueError(
+            f"site {old.name!r} changed shape between runs: {old.describe()} with {old.num_categories} "
+            f"categories before, {new.num_categories} categories now"
         )
 
 

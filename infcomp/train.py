@@ -11,22 +11,30 @@ stopped, optimiser state included.
 loop.  Everything else a run does is a :class:`Callback`, called in order after
 every step: the stopping rule (:class:`Budget`), the learning-rate schedule
 (:class:`LearningRateSchedule`), the validation loss (:class:`Validation`), the
-checkpoints (:class:`Checkpoint`) and the progress bar (:class:`ProgressBar`).
+checkpoints (:class:`Checkpoint`), the limit on the model's failures
+(:class:`FailureLimit`) and the progress bar (:class:`ProgressBar`).
 A run's figures are one :class:`RunStats`, which the guide keeps as ``guide.last_run``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
+import numbers
 import os
+import sys
+import tempfile
 import time
+import types
+import warnings
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import Echo, batch_stream, check_echo, collate
+from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate, draw_records
+from .files import check_writable, output_lock
 from .guide import Guide, build_guide, default_lr
 from .nn.proposals import make_families
 from .rng import draw_seed, fork_rng
@@ -35,7 +43,7 @@ from .traces import PriorSampler, normalize_observe
 
 __all__ = [
     "compile", "Trainer", "RunStats", "Callback", "Budget", "LearningRateSchedule", "Validation", "Checkpoint",
-    "ProgressBar",
+    "ProgressBar", "FailureLimit", "ModelFailureError",
 ]
 
 
@@ -47,6 +55,13 @@ class RunStats:
     repeats again); ``loss`` is the latest step's mean train loss, ``validation_loss`` the
     latest evaluation's (NaN before the first).  ``seed`` is the seed the run drew with: the
     one given to :func:`compile`, or the one it drew when given none.
+
+    ``failed_traces`` counts the model's runs that raised (or ran past ``trace_timeout``) and
+    were skipped, ``failed_validation_traces`` those while drawing the validation set,
+    ``last_failure`` the latest one's ``"Type: message"``.  ``budget_traces`` is the trace budget
+    asked for (trained in whole batches of ``batch_size``: :attr:`budget_note`); ``stopped_waiting``
+    is true where the wall-clock budget ran out while waiting for traces; ``saved_to`` is the
+    file the checkpoint last went to (None without one, or where every save failed).
     """
 
     traces: int = 0
@@ -59,6 +74,21 @@ class RunStats:
     validations: int = 0
     interrupted: bool = False  # ended by a KeyboardInterrupt
     seed: int | None = None
+    failed_traces: int = 0
+    failed_validation_traces: int = 0
+    last_failure: str = ""
+    budget_traces: int | None = None
+    batch_size: int = 0
+    stopped_waiting: bool = False
+    saved_to: str | None = None
+
+    @property
+    def budget_note(self) -> str:
+        """``"the budget 2000, rounded up to whole batches of 64"`` where the traces trained are
+        more than the budget asked for, else ``""``."""
+        if self.budget_traces is None or self.traces <= self.budget_traces:
+            return ""
+        return f"the budget {self.budget_traces}, rounded up to whole batches of {self.batch_size}"
 
     @property
     def traces_per_second(self) -> float:
@@ -187,10 +217,12 @@ class Checkpoint(Callback):
     """Saves the guide to ``path`` every ``every`` minutes, at the end of the run, and when a
     KeyboardInterrupt ends it (before the interrupt goes on up); not when another error ends
     it, since a guide half-way through a failing step may not be whole.  Each save is atomic
-    (:meth:`~infcomp.Guide.save`)."""
+    (:meth:`~infcomp.Guide.save`).  A save that fails warns, naming the file and the error, and
+    training goes on; where the end's save fails the guide goes to a file of its own in the
+    temporary directory instead (``stats.saved_to``, named in the warning)."""
 
     def __init__(self, path, every: float = 5.0):
-        self.path, self.every = path, every
+        self.path, self.every = os.fspath(path), every
         self.last = time.perf_counter()
 
     def on_start(self, trainer):
@@ -202,39 +234,84 @@ class Checkpoint(Callback):
 
     def on_end(self, trainer, stats):
         if trainer.stopped or stats.interrupted:
-            self.save(trainer)
+            self.save(trainer, final=True)
 
-    def save(self, trainer):
+    def save(self, trainer, final=False):
         trainer.publish()
-        trainer.guide.save(self.path)
         self.last = time.perf_counter()
+        try:
+            trainer.guide.save(self.path)
+            trainer.stats.saved_to = self.path
+            return
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+        if not final:
+            warnings.warn(f"could not save the guide to {self.path} ({error}); training goes on", stacklevel=2)
+            return
+        fd, fallback = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".pt")
+        os.close(fd)
+        try:
+            trainer.guide.save(fallback)
+            trainer.stats.saved_to = fallback
+            warnings.warn(f"could not save the guide to {self.path} ({error}); saved it to {fallback} instead",
+                          stacklevel=2)
+        except Exception as e2:
+            os.remove(fallback)
+            warnings.warn(f"could not save the guide to {self.path} ({error}) nor to {fallback} ({e2}); "
+                          "the guide is returned unsaved", stacklevel=2)
 
 
 class ProgressBar(Callback):
     """A tqdm bar of the fresh traces trained (out of ``total``, where the budget counts traces),
-    with the train and validation loss of the latest evaluation."""
+    with the train and validation loss of the latest evaluation and the failed traces skipped.
+    Where stderr is not a terminal (a log file) it is redrawn at most every ``log_interval`` seconds."""
 
-    def __init__(self, total=None, enabled: bool = True):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total=None, enabled: bool = True, log_interval: float = 5.0):
+        self.total, self.enabled, self.log_interval = total, enabled, log_interval
         self.bar = None
 
     def on_start(self, trainer):
-        self.bar = tqdm(total=self.total, disable=not self.enabled, unit="trace", desc="compiling", smoothing=0.1)
-        self.shown, self.validations = 0, 0
+        every = 0.1 if sys.stderr.isatty() else self.log_interval
+        self.bar = tqdm(total=self.total, disable=not self.enabled, unit="trace", desc="compiling", smoothing=0.1,
+                        mininterval=every, maxinterval=max(every, 10.0))
+        self.shown, self.validations, self.failed = 0, 0, 0
 
     def on_step(self, trainer, stats):
         if stats.traces > self.shown:
             self.bar.update(stats.traces - self.shown)
             self.shown = stats.traces
-        if stats.validations > self.validations:
-            self.validations = stats.validations
-            self.bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.validation_loss:.3f}", refresh=False)
+        if stats.validations > self.validations or stats.failed_traces > self.failed:
+            self.validations, self.failed = stats.validations, stats.failed_traces
+            failed = {"failed": stats.failed_traces} if stats.failed_traces else {}
+            self.bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{stats.validation_loss:.3f}", **failed, refresh=False)
 
     def on_end(self, trainer, stats):
         if self.bar is not None:
             self.on_step(trainer, stats)
             self.bar.close()
             self.bar = None
+
+
+class FailureLimit(Callback):
+    """Ends the run with :class:`~infcomp.data.ModelFailureError` (after the other callbacks'
+    ends: the checkpoint is saved first) once more than ``max_rate`` of the model's latest
+    ``window`` training runs failed (counted once at least ``min(window, 100)`` have run).  The
+    error names the model's last failure; failed traces below the rate are skipped."""
+
+    def __init__(self, max_rate: float = 0.1, window: int = 1000):
+        self.max_rate, self.window = max_rate, window
+
+    def on_start(self, trainer):
+        self.failures = FailureWindow(self.max_rate, self.window)
+        self.ok, self.failed = trainer.stats.traces, trainer.stats.failed_traces
+
+    def on_step(self, trainer, stats):
+        if stats.traces == self.ok and stats.failed_traces == self.failed:
+            return
+        self.failures.record(stats.traces - self.ok, stats.failed_traces - self.failed, stats.last_failure)
+        self.ok, self.failed = stats.traces, stats.failed_traces
+        if self.failures.exceeded():
+            trainer.fail(self.failures.error("training traces"))
 
 
 def _check_validation(records, observe):
@@ -277,7 +354,7 @@ class Trainer:
             collate(validation[i : i + batch_size], sampler.specs).to(self.device)
             for i in range(0, len(validation), batch_size)
         ]
-        self.stats, self.stopped = RunStats(), False
+        self.stats, self.stopped, self.error = RunStats(), False, None
 
     def add_sites(self, specs: dict):
         """Give every address of ``specs`` new to the network its modules and a parameter group."""
@@ -307,6 +384,10 @@ class Trainer:
         """End the run after the callbacks of the current step."""
         self.stopped = True
 
+    def fail(self, error: Exception):
+        """End the run as :meth:`stop` does, then raise ``error`` once every ``on_end`` has run."""
+        self.stopped, self.error = True, error
+
     def publish(self):
         """Put the optimiser state and the run's figures on the guide, so that it saves and resumes whole."""
         self.guide.optimizer_state = self.optimizer.state_dict()
@@ -314,14 +395,17 @@ class Trainer:
 
     def run(self, stream, callbacks=(), stats: RunStats | None = None) -> RunStats:
         """Train on ``stream``'s ``(batch, fresh)`` pairs (:class:`~infcomp.data.Echo`) until a
-        callback calls :meth:`stop`; returns the figures, which are also ``guide.last_run``.
+        callback calls :meth:`stop` or the stream ends (a deadline passed while waiting for
+        traces: ``stats.stopped_waiting``); returns the figures, which are also ``guide.last_run``.
 
-        Only fresh batches count towards ``stats.traces`` and ``guide.traces_trained``.  The
-        loop drops its reference to ``stream`` as it ends, so that trace workers end with the run
-        even while a traceback keeps this frame (where the caller holds no other reference).
+        Only fresh batches count towards ``stats.traces`` and ``guide.traces_trained``; a batch's
+        failed traces go to ``stats.failed_traces``, and a batch left empty by them takes no step
+        (the callbacks still run).  The loop drops its reference to ``stream`` as it ends, so that
+        trace workers end with the run even while a traceback keeps this frame (where the caller
+        holds no other reference).  An error given to :meth:`fail` is raised after every ``on_end``.
         """
         self.stats = stats = RunStats() if stats is None else stats
-        self.stopped = False
+        self.stopped, self.error = False, None
         self.guide.invalidate()
         start = time.perf_counter()
         try:
@@ -329,13 +413,15 @@ class Trainer:
                 c.on_start(self)
             while not self.stopped:
                 t0 = time.perf_counter()
-                batch, fresh = next(stream)
+                try:
+                    batch, fresh = next(stream)
+                except StopIteration:
+                    stats.waiting_for_data_seconds += time.perf_counter() - t0
+                    stats.stopped_waiting = True
+                    self.stop()
+                    break
                 stats.waiting_for_data_seconds += time.perf_counter() - t0
-                stats.loss = self.step(batch)
-                stats.steps, stats.trained_traces = stats.steps + 1, stats.trained_traces + batch.size
-                if fresh:
-                    stats.traces += batch.size
-                    self.guide.traces_trained += batch.size
+                self.take(batch, fresh, stats)
                 stats.seconds = time.perf_counter() - start
                 for c in callbacks:
                     c.on_step(self, stats)
@@ -349,20 +435,40 @@ class Trainer:
             for c in callbacks:
                 c.on_end(self, stats)
             self.guide.invalidate()  # the weights moved: cached per-observation work is stale
+        if self.error is not None:
+            raise self.error
         return stats
+
+    def take(self, batch, fresh, stats):
+        """A step on ``batch`` (none where its traces all failed), its counts added to ``stats``."""
+        stats.failed_traces += batch.failed
+        stats.last_failure = batch.error or stats.last_failure
+        if batch.size == 0:
+            return
+        stats.loss = self.step(batch)
+        stats.steps, stats.trained_traces = stats.steps + 1, stats.trained_traces + batch.size
+        if fresh:
+            stats.traces += batch.size
+            self.guide.traces_trained += batch.size
 
 
 def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), model_kwargs=None, guide=None,
             batch_size=64, lr=None, workers=None, echo=1.0, threads=None, seed=None, device="cpu", encoder=None,
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
-            checkpoint_every=5.0, metadata=None, progress=True, callbacks=()) -> Guide:
+            checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
+            metadata=None, progress=True, callbacks=()) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws.
 
     :param observe: the observed site name, or a list of them.
-    :param num_traces: stop after this many training traces (default 10,000 if ``minutes`` is not given).
-    :param minutes: stop after this much wall-clock time.
+    :param num_traces: a positive int: train on this many more fresh traces (default 10,000 if
+        ``minutes`` is not given), in whole batches: the last batch may take the count past it
+        (``guide.last_run.budget_note``).
+    :param minutes: a positive number: stop after this much wall-clock time.  With workers, it also
+        bounds the wait for traces: a model that stalls ends the run at the deadline, saved.
     :param guide: a guide to go on training (resumes its optimiser state).
-    :param workers: processes drawing traces (default: the CPU cores, at most 4; 0 draws them in this process).
+    :param batch_size: a positive int: traces per gradient step.
+    :param workers: processes drawing traces (default: the CPU cores, at most 4; 0 draws them in
+        this process, where neither ``trace_timeout`` nor the deadline can interrupt a model that stalls).
     :param echo: train on each batch of traces this many times in all, the repeats at random later
         steps (data echoing, see :class:`~infcomp.data.Echo`): more steps per hour where drawing a
         trace costs about as much as a step on it; ``num_traces`` counts fresh traces.
@@ -377,40 +483,133 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param families: proposal family classes to fit to the sites, beyond the registered ones.
     :param lr: Adam's learning rate (default: :func:`~infcomp.guide.default_lr`); it stays there
         for the first half of the run, then decays along a cosine to 5% of it.
+    :param validation_size: a positive int: prior traces in the validation set.
     :param validate_every: seconds between validation-loss evaluations.
     :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
         end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
-        save); ``compile(..., guide=infcomp.load(checkpoint))`` goes on from there.
+        save); ``compile(..., guide=infcomp.load(checkpoint))`` goes on from there.  Its directory
+        must be writable (checked before any work); the run holds a lock on it (``checkpoint +
+        ".lock"``), so a second compile to it is refused; an existing file is refused unless
+        ``guide=`` is the guide it holds, or ``overwrite=True``.
+    :param max_failure_rate: a model's run that raises is skipped and counted
+        (``guide.last_run.failed_traces``); above this share of its latest ``failure_window`` runs
+        (once 100 have run) compile raises :class:`~infcomp.data.ModelFailureError` naming the
+        last failure, the checkpoint saved first and the guide on the error as ``.guide``.
+    :param trace_timeout: seconds a worker-drawn trace may take; a longer one is a failed trace.
     :param metadata: entries for ``guide.metadata`` (saved with the guide, checkpoints included).
     :param callbacks: more :class:`Callback` objects, called after the built-in ones at the start,
         after every step and at the end of the run (they may end it with ``trainer.stop()``).
     """
-    observe, callbacks = normalize_observe(observe), _checked_callbacks(callbacks)
-    check_echo(echo)
-    if num_traces is None and minutes is None:
-        num_traces = 10_000
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    run_seed = draw_seed() if seed is None else int(seed)
+    s = _checked_settings(types.SimpleNamespace(**locals()))
+    if s.checkpoint is not None:
+        check_writable(s.checkpoint)
+    with output_lock(s.checkpoint) if s.checkpoint is not None else contextlib.nullcontext():
+        if s.checkpoint is not None:
+            _check_overwrite(s.checkpoint, s.guide, s.overwrite)
+        return _train(s)
+
+
+def _train(s) -> Guide:
+    """The run :func:`compile` describes, on its checked settings ``s``."""
+    run_seed = draw_seed() if s.seed is None else int(s.seed)
     with fork_rng(run_seed):
-        model_kwargs = dict(model_kwargs or {})
-        table = guide.network.families if guide is not None else make_families(families)
-        sampler = PriorSampler(model, observe, model_args, model_kwargs, table,
+        guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
+        table = guide.network.families if guide is not None else make_families(s.families)
+        sampler = PriorSampler(s.model, s.observe, s.model_args, model_kwargs, table,
                                specs=guide.network.specs if guide is not None else None)
-        validation = [sampler.sample() for _ in range(validation_size)]
-        _check_validation(validation, observe)
-        guide = build_guide(model, observe, validation, model_args, model_kwargs, guide=guide, encoder=encoder,
-                            embedding=embedding, config=config, families=families, device=device)
-        guide.metadata.update(metadata or {})
-        trainer = Trainer(guide, sampler, validation, default_lr(guide) if lr is None else lr, batch_size, device)
-        budget = Budget(num_traces, minutes)
-        pieces = [budget, LearningRateSchedule(budget), Validation(validate_every),
-                  *([Checkpoint(checkpoint, checkpoint_every)] if checkpoint is not None else []),
-                  ProgressBar(num_traces, progress), *callbacks]
+        failures = FailureWindow(s.max_failure_rate, s.failure_window)
+        validation = draw_records(sampler, s.validation_size, failures)
+        _check_validation(validation, s.observe)
+        guide = build_guide(s.model, s.observe, validation, s.model_args, model_kwargs, guide=guide,
+                            encoder=s.encoder, embedding=s.embedding, config=s.config, families=s.families,
+                            device=s.device)
+        guide.metadata.update(s.metadata or {})
+        trainer = Trainer(guide, sampler, validation, default_lr(guide) if s.lr is None else s.lr, s.batch_size,
+                          s.device)
+        budget = Budget(s.num_traces, s.minutes)
+        pieces = [budget, LearningRateSchedule(budget), Validation(s.validate_every),
+                  *([Checkpoint(s.checkpoint, s.checkpoint_every)] if s.checkpoint is not None else []),
+                  FailureLimit(s.max_failure_rate, s.failure_window), ProgressBar(s.num_traces, s.progress),
+                  *s.callbacks]
+        stats = RunStats(seed=run_seed, budget_traces=s.num_traces, batch_size=s.batch_size,
+                         failed_validation_traces=failures.failures, last_failure=failures.last)
         stream_seed = run_seed + guide.traces_trained
-        with limited_threads(_torch_threads(threads, workers)):
-            trainer.run(Echo(batch_stream(sampler, batch_size, stream_seed, workers), echo, seed=stream_seed),
-                        pieces, RunStats(seed=run_seed))
+        deadline = None if s.minutes is None else time.monotonic() + 60 * s.minutes
+        stream = batch_stream(sampler, s.batch_size, stream_seed, s.workers, s.trace_timeout, deadline)
+        with limited_threads(_torch_threads(s.threads, s.workers)):
+            try:
+                trainer.run(Echo(stream, s.echo, seed=stream_seed), pieces, stats)
+            except ModelFailureError as e:
+                raise _with_guide(e, guide, stats) from None
     return guide
+
+
+def _with_guide(error, guide, stats):
+    """``error`` with the guide trained so far on it, and its message saying where that is saved."""
+    error.guide = guide
+    where = f"saved in {stats.saved_to}" if stats.saved_to else "on this error as .guide (not saved)"
+    error.args = (f"{error.args[0]}; the guide trained so far is {where}",)
+    return error
+
+
+def _positive(name, value, kind):
+    """ValueError or TypeError naming ``name`` unless ``value`` is a positive number of ``kind``."""
+    what = "a positive int" if kind is numbers.Integral else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    if not value > 0 or (kind is numbers.Real and math.isnan(value)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _checked_settings(s):
+    """``s`` with ``observe``, ``callbacks``, ``workers`` and the budget filled in; an error naming
+    the argument, before any work, for a value that cannot be right."""
+    s.observe, s.callbacks = normalize_observe(s.observe), _checked_callbacks(s.callbacks)
+    check_echo(s.echo)
+    if s.num_traces is None and s.minutes is None:
+        s.num_traces = 10_000
+    for name in ("num_traces", "minutes", "trace_timeout"):
+        if getattr(s, name) is not None:
+            _positive(name, getattr(s, name), numbers.Integral if name == "num_traces" else numbers.Real)
+    for name in ("batch_size", "validation_size", "failure_window"):
+        _positive(name, getattr(s, name), numbers.Integral)
+    if isinstance(s.checkpoint_every, bool) or not isinstance(s.checkpoint_every, numbers.Real) \
+            or not s.checkpoint_every >= 0:
+        raise ValueError(f"checkpoint_every must be minutes, 0 or more, got {s.checkpoint_every!r}")
+    if isinstance(s.max_failure_rate, bool) or not isinstance(s.max_failure_rate, numbers.Real) \
+            or not 0 <= s.max_failure_rate < 1:
+        raise ValueError(f"max_failure_rate must be a share in [0, 1), got {s.max_failure_rate!r}")
+    if s.workers is not None and (isinstance(s.workers, bool) or not isinstance(s.workers, numbers.Integral)
+                                  or s.workers < 0):
+        raise ValueError(f"workers must be 0 or a positive int, got {s.workers!r}")
+    s.workers = min(4, os.cpu_count() or 1) if s.workers is None else s.workers
+    return s
+
+
+def _check_overwrite(path, guide, overwrite):
+    """ValueError unless saving to ``path`` loses nothing: it does not exist, ``overwrite`` is
+    true, or it holds ``guide`` as it stands (the file it was loaded from, or last saved to)."""
+    if overwrite or not os.path.exists(path):
+        return
+    if guide is not None and _holds(path, guide):
+        return
+    given = "the guide passed as guide= is not the one it holds" if guide is not None else "no guide= was passed"
+    raise ValueError(
+        f"checkpoint {path} already exists and {given}: to go on training it pass guide=infcomp.load({str(path)!r}); "
+        "to start over delete it, give another checkpoint=, or pass overwrite=True")
+
+
+def _holds(path, guide) -> bool:
+    """Whether the guide file ``path`` holds ``guide``'s weights and trace count."""
+    from .files import _read
+
+    try:
+        data = _read(path, "cpu")
+    except Exception:
+        return False
+    saved, own = data.get("state_dict", {}), guide.network.state_dict()
+    return data.get("traces_trained") == guide.traces_trained and saved.keys() == own.keys() and all(
+        torch.equal(saved[k], v.cpu()) if torch.is_tensor(v) else saved[k] == v for k, v in own.items())
 
 
 def _checked_callbacks(callbacks) -> list:

@@ -192,7 +192,8 @@ def test_greedy_stops_before_the_named_site():
     assert set(full) == {"c", "b", "u"}
     assert infcomp.greedy(mixed, guide, y, stop_before="u") == {"c": full["c"], "b": full["b"]}
     assert infcomp.greedy(mixed, guide, y, stop_before=["u", "b"]) == {"c": full["c"]}  # the first one reached
-    assert infcomp.greedy(mixed, guide, y, stop_before="never") == full
+    with pytest.raises(ValueError, match=r"stop_before names \['never'\], but the model reached none of them"):
+        infcomp.greedy(mixed, guide, y, stop_before="never")  # a typo is not a full pass
     assert not pyro.poutine.runtime._PYRO_STACK  # the early exit leaves no handler behind
     assert infcomp.greedy(mixed, guide, y, stop_before=None) == full
     for bad in ([3], 3):

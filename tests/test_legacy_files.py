@@ -69,4 +69,6 @@ def test_a_version_1_optimizer_state_is_regrouped_moment_for_moment():
         == pytest.approx(kept, abs=0)
     before = {id(p): int(state[p]["step"]) for p in params}
     trainer.step(collate([sampler.sample() for _ in range(8)], sampler.specs))
-    assert all(int(state[p]["step"]) == before[id(p)] + 1 for p in params)
+    stepped = [p for p in params if p.grad is not None]  # Adam leaves the addresses the batch lacks
+    assert len(stepped) > len(params) // 2
+    assert all(int(state[p]["step"]) == before[id(p)] + (p.grad is not None) for p in params)

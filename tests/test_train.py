@@ -186,7 +186,8 @@ def test_the_budget_stops_the_run_where_it_is_spent():
     assert Budget().fraction(RunStats(traces=10**9, seconds=1e9)) == 0
     g = infcomp.compile(gaussian, num_traces=200, seed=0, workers=0, **SMALL)
     assert g.traces_trained == 256 and g.last_run.steps == 4  # the batch that reaches 200 is the last
-    assert infcomp.compile(gaussian, num_traces=0, seed=0, workers=0, **SMALL).last_run.steps == 0
+    with pytest.raises(ValueError, match="num_traces must be a positive int"):
+        infcomp.compile(gaussian, num_traces=0, seed=0, workers=0, **SMALL)
     timed = infcomp.compile(gaussian, minutes=0.01, seed=0, workers=0, **SMALL).last_run
     assert 0.6 <= timed.seconds < 30 and timed.traces > 0
 

@@ -5,19 +5,26 @@ Two reads:
 * :func:`read_greedy`: one pass of the guide up to the last letter, taking the most probable letters (fast).
 * :func:`read_posterior`: importance sampling with the guide; readings ranked by
   posterior probability (the sum of normalised weights of the particles that spell them).
+
+Both read any image; :func:`unlike_style` says when an image is unlike everything the style draws (blank,
+black, noise), so that its reading means nothing whatever probability the posterior gives it.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro.poutine as poutine
 import torch
 from PIL import Image, UnidentifiedImageError
 
 import infcomp
+from infcomp.rng import fork_rng
 
 from . import get_style
 
@@ -31,11 +38,16 @@ __all__ = [
     "Reading",
     "char_accuracy",
     "IMAGE_RULE",
+    "far_from_style",
+    "image_statistics",
+    "style_envelope",
+    "unlike_style",
 ]
 
 IMAGE_RULE = (
-    "images are converted to greyscale (transparent pixels over white), resized to the style's "
-    "width x height with bilinear filtering, and scaled to [0, 1] with 1 = white"
+    "images are converted to greyscale (transparent pixels over white), scaled to [0, 1] with 1 = white "
+    "(8-bit values over 255, 16-bit greyscale over 65535), and resized to the style's width x height "
+    "with bilinear filtering"
 )
 
 
@@ -87,21 +99,103 @@ def load_breaker(path, bandwidth=None, text_only=False):
     return guide, style
 
 
-def load_image(path, style) -> torch.Tensor:
-    """An image file as the style's observation (see :data:`IMAGE_RULE`); ValueError if it is not an image."""
+#: An image whose aspect ratio is off the style's by more than this factor, or whose width or height is
+#: more than this many times the style's or less than its share, draws a warning as it is read.
+FAR_FACTOR = {"aspect": 1.5, "size": 4.0}
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _pixels(im) -> np.ndarray:
+    """An opened image as greyscale in [0, 1] at its own size (see :data:`IMAGE_RULE`)."""
+    if im.mode in _SIXTEEN_BIT:  # 16-bit greyscale: 65535 is white
+        return np.clip(np.asarray(im, dtype=np.float64), 0, 65535).astype(np.float32) / 65535.0
+    if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def far_from_style(size, style) -> str | None:
+    """Why an image of ``size`` ``(width, height)`` is far from the style's, or None (see :data:`FAR_FACTOR`)."""
+    (w, h), (sw, sh) = size, (style.width, style.height)
+    aspect = (w / h) / (sw / sh)
+    if max(aspect, 1 / aspect) > FAR_FACTOR["aspect"]:
+        return f"aspect ratio {w / h:.2f} (w/h), the style's is {sw / sh:.2f}"
+    scale = max(w / sw, h / sh, sw / w, sh / h)
+    if scale > FAR_FACTOR["size"]:
+        return f"{w}x{h} pixels is more than {FAR_FACTOR['size']:g} times off the style's size"
+    return None
+
+
+def load_image(path, style, warn=None) -> torch.Tensor:
+    """An image file as the style's observation (see :data:`IMAGE_RULE`): 8- and 16-bit greyscale, palette,
+    RGB and transparent images alike.  ValueError naming the file if it is not a readable image or is too
+    large to decode (PIL's decompression-bomb limit).  ``warn(message)`` is called, with a one-line message
+    naming the file, when its size or aspect ratio is far from the style's (:func:`far_from_style`)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, im)
-            im = im.convert("L")
-            if im.size != (style.width, style.height):
-                im = im.resize((style.width, style.height), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                pixels = _pixels(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path}: too large to read as an image ({str(e).split(',')[0]})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    h, w = pixels.shape
+    far = far_from_style((w, h), style)
+    if far and warn is not None:
+        warn(f"{path}: {far}; resized to the style's {style.width}x{style.height}, which distorts it")
+    if (w, h) != (style.width, style.height):
+        pixels = np.asarray(Image.fromarray(pixels, "F").resize((style.width, style.height), Image.BILINEAR))
+    return torch.from_numpy(np.clip(pixels, 0.0, 1.0).astype(np.float32))
+
+
+#: The image statistics that :func:`unlike_style` compares with the style's own draws: the share of ink
+#: (one less the mean pixel), the contrast (the pixels' standard deviation) and the edges (the mean absolute
+#: step between horizontal neighbours).
+STATISTICS = ("ink", "contrast", "edges")
+#: :func:`style_envelope`'s draws, and how far beyond their range, as a share of its span, an image may lie.
+ENVELOPE_DRAWS, ENVELOPE_MARGIN = 200, 0.25
+
+
+def image_statistics(image: torch.Tensor) -> dict:
+    """:data:`STATISTICS` of a ``(height, width)`` image in [0, 1]."""
+    x = image.to(torch.float64).clamp(0, 1)
+    return {"ink": float(1 - x.mean()), "contrast": float(x.std(unbiased=False)),
+            "edges": float((x[:, 1:] - x[:, :-1]).abs().mean()) if x.shape[1] > 1 else 0.0}
+
+
+@functools.lru_cache(maxsize=None)
+def style_envelope(name: str, draws: int = ENVELOPE_DRAWS) -> dict:
+    """``{statistic: (low, high)}``: the range of each of :data:`STATISTICS` over the style's own prior draws,
+    both its renderings and the kernel's noisy samples around them (``draws`` of each, from fixed seeds), widened
+    by :data:`ENVELOPE_MARGIN` of its span on either side.  Computed once per style and process."""
+    style = get_style(name)
+    stats = []
+    for i in range(draws):
+        with fork_rng(2_000_003 + i):
+            node = poutine.trace(style.model).get_trace().nodes["image"]
+        stats += [image_statistics(node["fn"].mean), image_statistics(node["value"])]
+    out = {}
+    for key in STATISTICS:
+        lo, hi = min(st[key] for st in stats), max(st[key] for st in stats)
+        out[key] = (lo - ENVELOPE_MARGIN * (hi - lo), hi + ENVELOPE_MARGIN * (hi - lo))
+    return out
+
+
+def unlike_style(image: torch.Tensor, style) -> str | None:
+    """Why ``image`` is unlike anything the style draws, or None: one of its :data:`STATISTICS` lies outside
+    :func:`style_envelope` (a blank, black, flat grey or noise image does).  A reading of such an image means
+    nothing, however probable the model finds it among its own texts."""
+    stats, envelope = image_statistics(image), style_envelope(style.name)
+    for key in STATISTICS:
+        lo, hi = envelope[key]
+        if not lo <= stats[key] <= hi:
+            return (f"its {key} {stats[key]:.3f} is outside {max(lo, 0):.3f} .. {hi:.3f}, "
+                    f"the range of the {style.name} style's own draws")
+    return None
 
 
 def read_greedy(style, guide, image) -> str:

@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
 from pathlib import Path
 
 from infcomp import CNNConfig
+from infcomp.data import ModelFailureError
+from infcomp.files import check_writable, output_lock
 from infcomp_models import captcha
 
 from . import breaker
@@ -66,6 +69,43 @@ def _temperature(text):
     return t
 
 
+def _at_least_one(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return n
+
+
+def _not_negative(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return n
+
+
+def _particles(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy reads only) or a positive count of particles, got {text!r}")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``infcomp break: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -78,6 +118,26 @@ def _channels(text):
     if len(channels) != 3 or min(channels) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers like 16,32,64, got {text!r}")
     return channels
+
+
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _positive_float(text):
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not x > 0 or x != x:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return x
 
 
 def _count(text):
@@ -128,6 +188,16 @@ def _options(args, options) -> dict:
 def cmd_compile(args):
     style = captcha.get_style(args.style)
     out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create its directory {out.parent} ({e.strerror})") from None
+    check_writable(out, "--out")
+    with output_lock(out, "--out"):  # held from the resume's load to the last save: one compile per file
+        return _compile_locked(args, style, out)
+
+
+def _compile_locked(args, style, out):
     guide = None
     config, cnn = _options(args, NETWORK_OPTIONS), _options(args, ENCODER_OPTIONS)
     encoder = None
@@ -140,7 +210,7 @@ def cmd_compile(args):
             if built[key] != wanted:
                 sys.exit(f"error: {out} was built with {_built_with(key, built[key], wanted)} "
                          "(use --fresh to start over with it)")
-        print(f"resuming {out}: {guide.traces_trained} traces so far")
+        print(f"resuming {out}: {guide.traces_trained} traces so far" + (f"; --traces {args.traces} more" if args.traces else ""))
     else:
         encoder = style.encoder.replace(**cnn)
         own = [(key, value) for key, _, value in CNNConfig().differences(style.encoder) if key not in cnn]
@@ -148,7 +218,6 @@ def cmd_compile(args):
             print(f"new breaker with the style's {', '.join(_shown(key, value) for key, value in own)}")
     if args.minutes is None and args.traces is None:
         args.minutes = 5.0
-    out.parent.mkdir(parents=True, exist_ok=True)
     # a scheduler's or `kill`'s SIGTERM ends the run like Ctrl-C: saved, resumable
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -156,21 +225,31 @@ def cmd_compile(args):
             style, minutes=args.minutes, num_traces=args.traces, guide=guide, seed=args.seed, workers=args.workers,
             batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
-            config=config or None, encoder=encoder,
+            config=config or None, encoder=encoder, overwrite=True,  # resumed from out, or --fresh, or new
+            max_failure_rate=args.max_failure_rate, trace_timeout=args.trace_timeout,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
         return 130
+    except ModelFailureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
+    note = f" ({run.budget_note})" if run.budget_note else ""
+    failed = f", {run.failed_traces} failed traces skipped" if run.failed_traces else ""
+    waited = " (the time ran out waiting for traces)" if run.stopped_waiting else ""
     print(
-        f"compiled {style.name}: {run.traces} traces ({run.steps} steps) in {run.seconds:.0f} s "
-        f"({run.traces_per_second:.0f} traces/s, {100 * run.waiting_for_data_seconds / run.seconds:.0f}% "
+        f"compiled {style.name}: {run.traces} more traces{note} ({run.steps} steps{failed}) in {run.seconds:.0f} s"
+        f"{waited} ({run.traces_per_second:.0f} traces/s, "
+        f"{100 * run.waiting_for_data_seconds / max(run.seconds, 1e-9):.0f}% "
         f"of it waiting for traces), validation loss {run.validation_loss:.2f}; "
-        f"total {guide.traces_trained} traces -> {out}" + (f"; loss curve {curve}" if curve else "")
+        f"total {guide.traces_trained} traces -> {run.saved_to or 'NOT SAVED'}"
+        + (f"; loss curve {curve}" if curve else "")
     )
+    return 0 if run.saved_to else 1
 
 
 def _reliability_plot(probs, correct, path, title):
@@ -238,18 +317,38 @@ def _calibration(probs, correct, bins=10):
     return {"brier": float(np.mean((p - c) ** 2)), "calibration_error": float(ece / len(p))}
 
 
-def _read_all(style, guide, images, labels, names, particles, posterior_n, seed, progress, temperature=1.0):
+#: Seconds between the reading bar's updates when stderr is not a terminal (a log file, a pipe).
+LOG_INTERVAL = 5.0
+
+
+def file_seed(path, seed: int) -> int:
+    """The posterior read's seed for an image file: from a hash of its bytes, plus ``seed`` (``--seed``), so that
+    a file reads the same wherever it comes in the argument list."""
+    digest = hashlib.sha256(Path(path).read_bytes()).digest()
+    return (int.from_bytes(digest[:4], "big") + int(seed)) % (2**31 - 1)
+
+
+def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds, progress, temperature=1.0,
+              unlike=None):
+    """Read each image; ``seeds[i]`` seeds image i's posterior read; ``unlike[i]``, where given and not None,
+    says why image i is unlike the style: its reading is then given probability 0."""
     from tqdm.auto import tqdm
 
     rows, t_greedy, t_post, n_post = [], 0.0, 0.0, 0
+    unlike = unlike or [None] * len(images)
+    bar = {} if sys.stderr.isatty() else {"mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL}
     for i, (image, label, name) in enumerate(
-        tqdm(list(zip(images, labels, names)), disable=not progress, desc="reading", unit="captcha")
+        tqdm(list(zip(images, labels, names)), disable=not progress, desc="reading", unit="captcha", **bar)
     ):
         text, dt = breaker.timed(breaker.read_greedy, style, guide, image)
         t_greedy += dt
         row = {"file": name, "greedy": text, "reading": text, "label": label}
-        if particles > 0 and i < posterior_n:
-            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seed + i, temperature)
+        if unlike[i] is not None:
+            row.update(unlike_style=unlike[i])
+            if particles > 0 and i < posterior_n:
+                row.update(posterior=text, probability=0.0, alternatives=[], ess=0.0)
+        elif particles > 0 and i < posterior_n:
+            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seeds[i], temperature)
             t_post += dt
             n_post += 1
             row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
@@ -266,7 +365,8 @@ def _print_rows(rows):
     for r in rows:
         mark = "" if r.get("label") is None else ("  ok" if r["reading"] == r["label"] else f"  WRONG (label {r['label']})")
         p = f"  p={r['probability']:.3f}" if "probability" in r else ""
-        print(f"{r['file']}: {r['reading']}{p}{mark}")
+        unlike = "  (unlike the style's images)" if r.get("unlike_style") else ""
+        print(f"{r['file']}: {r['reading']}{p}{unlike}{mark}")
 
 
 def _print_summary(s):
@@ -297,26 +397,57 @@ def _gallery(rows, images, path, n=16):
     captcha.save_gallery([images[i] for i in sel], titles, path, ncols=4)
 
 
-def cmd_break(args):
-    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
-    images, labels, names, errors = [], [], [], []
-    for f in args.files:
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _label(stem, style):
+    return stem if stem and all(c in style.alphabet for c in stem) else None
+
+
+def _unlabelled_note(names, labels, style) -> str | None:
+    """A line saying how many of the file names are not labels, when some are and some are not."""
+    stems = [Path(n).stem for n, label in zip(names, labels) if label is None]
+    if not stems or len(stems) == len(names):
+        return None
+    cased = next((s for s in stems if _label(s.upper(), style) or _label(s.lower(), style)), None)
+    hint = f" (the alphabet is case-sensitive: {cased!r})" if cased else f", e.g. {stems[0]!r}"
+    return (f"{len(stems)} of {len(names)} file names are not labels in the style's alphabet {style.alphabet!r}"
+            f"{hint}: the scores are over the other {len(names) - len(stems)}")
+
+
+def _load_files(files, style, seed):
+    """``(images, labels, names, seeds, unlike, errors)`` of the readable files; a one-line error on stderr for
+    each file that is not, and a warning for each whose size or look is far from the style's."""
+    images, labels, names, seeds, unlike, errors = [], [], [], [], [], []
+    for f in files:
         try:
-            images.append(breaker.load_image(f, style))
-        except (ValueError, FileNotFoundError) as e:
+            image = breaker.load_image(f, style, warn=_warn)
+        except (ValueError, OSError) as e:
             errors.append({"file": str(f), "error": str(e)})
             print(f"error: {e}", file=sys.stderr)
             continue
-        stem = Path(f).stem
+        why = breaker.unlike_style(image, style)
+        if why:
+            _warn(f"{f}: unlike the {style.name} style's images ({why}): its reading gets probability 0")
+        images.append(image)
         names.append(str(f))
-        labels.append(stem if stem and all(c in style.alphabet for c in stem) else None)
-    if not all(l is not None for l in labels):
-        labels = [None] * len(labels)  # file names are not labels
+        labels.append(_label(Path(f).stem, style))
+        seeds.append(file_seed(f, seed))
+        unlike.append(why)
+    return images, labels, names, seeds, unlike, errors
+
+
+def cmd_break(args):
+    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
+    images, labels, names, seeds, unlike, errors = _load_files(args.files, style, args.seed)
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
-                                         args.seed, not args.json, args.temperature)
-    summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
-                   image_rule=breaker.IMAGE_RULE, errors=errors, readings=rows)
+                                         seeds, not args.json, args.temperature, unlike)
+    note = _unlabelled_note(names, labels, style)
+    summary = {"style": style.name, **_summary(rows, greedy_ms, post_ms)}
+    summary.update(bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
+                   image_rule=breaker.IMAGE_RULE, unlabelled=sum(label is None for label in labels),
+                   unlike_style=sum(why is not None for why in unlike), errors=errors, readings=rows)
     probs, correct = _scored(rows)
     if args.reliability and probs:
         _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} images")
@@ -325,9 +456,17 @@ def cmd_break(args):
     if args.json:
         print(json.dumps(summary))
     else:
+        print(f"breaker for style {style.name!r}: {_letters(style)} letters from {style.alphabet!r}, "
+              f"{style.width}x{style.height} images")
         _print_rows(rows)
+        if note:
+            print(note)
         _print_summary(summary)
     return 1 if errors and not rows else 0
+
+
+def _letters(style):
+    return f"{style.min_letters}-{style.max_letters}" if style.variable_length else str(style.min_letters)
 
 
 def cmd_evaluate(args):
@@ -339,8 +478,8 @@ def cmd_evaluate(args):
         images.append(image)
         labels.append(text)
     names = [f"draw {i}" for i in range(args.n)]
-    rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles,
-                                         args.posterior_n, args.seed, not args.json, args.temperature)
+    rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, args.posterior_n,
+                                         [args.seed + i for i in range(args.n)], not args.json, args.temperature)
     summary = _summary(rows, greedy_ms, post_ms)
     summary.update(style=style.name, bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
                    traces_trained=guide.traces_trained)
@@ -361,7 +500,7 @@ def cmd_evaluate(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="infcomp", description="Inference compilation for Pyro: CAPTCHA breakers.")
+    p = _Parser(prog="infcomp", description="Inference compilation for Pyro: CAPTCHA breakers.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("styles", help="list the CAPTCHA styles")
@@ -369,20 +508,29 @@ def build_parser():
 
     s = sub.add_parser("samples", help="a gallery of prior draws of a style")
     s.add_argument("--style", required=True)
-    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-n", type=_at_least_one, default=64, help="how many draws (at least 1)")
     s.add_argument("--out", default="samples.png")
-    s.add_argument("--cols", type=int, default=8)
+    s.add_argument("--cols", type=_at_least_one, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_samples)
 
     s = sub.add_parser("compile", help="train a breaker on a style's prior draws (resumes an existing --out)")
     s.add_argument("--style", required=True)
-    s.add_argument("--minutes", type=float, help="wall-clock budget (default 5 if --traces is not given)")
-    s.add_argument("--traces", type=int, help="number of training traces")
+    s.add_argument("--minutes", type=_positive_float,
+                   help="wall-clock budget, a positive number (default 5 if --traces is not given); it also "
+                        "ends a run whose model stalls while the workers draw traces")
+    s.add_argument("--traces", type=_positive_int,
+                   help="number of training traces, a positive integer; on resume, this many more. "
+                        "Trained in whole batches: the count is rounded up to a multiple of --batch-size")
     s.add_argument("--out", required=True)
     s.add_argument("--fresh", action="store_true", help="start over even if --out exists")
     s.add_argument("--workers", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--max-failure-rate", type=float, default=0.1,
+                   help="a draw of the style that raises is skipped and counted; above this share of the latest "
+                        "1000 draws compile stops (saved) with the last error (default 0.1)")
+    s.add_argument("--trace-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="a draw that takes longer in a worker counts as failed (default: no limit)")
     s.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: infcomp.compile's)")
     s.add_argument("--echo", type=float, default=None,
                    help="train on each batch this many times in all, repeats at random later steps "
@@ -420,12 +568,14 @@ def build_parser():
             s.add_argument("--reliability", help="write a reliability plot (PNG) when file names are labels")
             s.add_argument("--gallery", help="write a gallery PNG of the first images with their readings")
         else:
-            s.add_argument("-n", type=int, default=1000)
-            s.add_argument("--posterior-n", type=int, default=100, help="how many of the n get a posterior read too")
+            s.add_argument("-n", type=_at_least_one, default=1000, help="how many fresh draws to read (at least 1)")
+            s.add_argument("--posterior-n", type=_not_negative, default=100,
+                           help="how many of the n get a posterior read too")
             s.add_argument("--gallery", default="evaluate.png")
-            s.add_argument("--show", type=int, default=10, help="print this many readings")
+            s.add_argument("--show", type=_not_negative, default=10, help="print this many readings")
             s.add_argument("--reliability", help="write a reliability plot (PNG) of the posterior reads")
-        s.add_argument("--particles", type=int, default=100, help="importance samples per posterior read (0: greedy only)")
+        s.add_argument("--particles", type=_particles, default=100,
+                       help="importance samples per posterior read (0: greedy only)")
         s.add_argument("--bandwidth", type=float, default=None,
                        help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
                             "tolerates what the model cannot draw and spreads the posterior over more particles)")
@@ -442,13 +592,25 @@ def build_parser():
     return p
 
 
+#: The exceptions that are the user's errors (a missing or unreadable file, a value out of range, a model that
+#: fails in too many of its runs): main() prints
+#: them as one line and returns 2.  Anything else is a bug and shows its traceback.
+USER_ERRORS = (ValueError, OSError, ModelFailureError)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in message:
+            message = f"{e.filename}: {message}"
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

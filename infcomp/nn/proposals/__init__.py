@@ -22,6 +22,7 @@ from .lognormal_mixture import LogNormalMixtureProposal
 from .normal_mixture import NormalMixtureProposal
 from .poisson_mixture import PoissonMixtureProposal
 from .prior import PriorProposal
+from .vonmises_mixture import VonMisesMixtureProposal
 
 __all__ = ["ProposalFamily", "fit_family", "unwrap", "make_families", "register_family", "family_class", "is_builtin"]
 
@@ -34,6 +35,7 @@ BUILTIN = (
     NormalMixtureProposal,
     LogNormalMixtureProposal,
     BetaIntervalProposal,
+    VonMisesMixtureProposal,
 )
 _REGISTERED: dict[str, type] = {}  # families added with register_family, in the order added
 

@@ -34,7 +34,9 @@ class LogNormalMixtureProposal(ProposalFamily):
         ok = (mean > 0) & torch.isfinite(mean) & torch.isfinite(var)
         sigma2 = torch.log1p(var / mean.clamp(min=1e-12) ** 2)
         mu = torch.log(mean.clamp(min=1e-12)) - sigma2 / 2
-        mu = torch.where(ok, mu, torch.zeros_like(mu))
+        # no finite moments (HalfCauchy, ...): centre on the prior's scale where it has one
+        fallback = finite_or(torch.log(torch.as_tensor(getattr(prior, "scale", 1.0), dtype=mu.dtype)), 0.0)
+        mu = torch.where(ok, mu, fallback.expand_as(mu))
         sigma = torch.where(ok & (sigma2 > 0), sigma2.clamp(min=1e-12).sqrt(), torch.ones_like(sigma2))
         return broadcast_context(prior, lb, mu, sigma)
 

@@ -69,7 +69,9 @@ class NormalMixtureProposal(ProposalFamily):
     name = "normal_mixture"
 
     def fits(self, prior):
-        return scalar_prior(prior, discrete=False) and prior.support is constraints.real
+        # VonMises declares a real support, but its values are angles on [-pi, pi)
+        real = prior.support is constraints.real and not isinstance(prior, dist.VonMises)
+        return scalar_prior(prior, discrete=False) and real
 
     def num_params(self, spec):
         return 3 * self.K
