@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import zipfile
 
 import torch
 
@@ -180,8 +181,6 @@ def _check_archive(path) -> None:
         return  # a file object: torch.load reads it as it is
     if not os.path.exists(path):
         raise FileNotFoundError(f"no guide file {path}")
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

@@ -1,6 +1,6 @@
 """The code and docs say what the project is, not how it got there: no narration of earlier
-runs of the work ("session 13", "in run 7", "since the third try") in source, tests, docs or
-benchmark notes, and one short page of current benchmark tables."""
+runs of the work (the patterns below) in source, tests, docs or benchmark notes, and one short
+page of current benchmark tables."""
 
 import re
 from pathlib import Path

@@ -62,41 +62,32 @@ def save_loss_curve(guide, path):
     return path
 
 
+def _integer(minimum: int, message: str):
+    """An argparse type: an integer of at least ``minimum``, else ``message`` with the text given."""
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+        return n
+
+    return parse
+
+
+_at_least_one = _integer(1, "must be an integer of at least 1")
+_not_negative = _integer(0, "must be 0 or a positive integer")
+_particles = _integer(0, "must be 0 (greedy reads only) or a positive count of particles")
+_positive_int = _integer(1, "expected a positive integer")
+_count = _integer(0, "expected 0 or a positive integer")
+
+
 def _temperature(text):
     t = float(text)
     if not t >= 1.0:
         raise argparse.ArgumentTypeError(f"must be at least 1 (1 leaves the proposals as they are), got {text}")
     return t
-
-
-def _at_least_one(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
-    return n
-
-
-def _not_negative(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
-    return n
-
-
-def _particles(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy reads only) or a positive count of particles, got {text!r}")
-    return n
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,16 +111,6 @@ def _channels(text):
     return channels
 
 
-def _positive_int(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
-
-
 def _positive_float(text):
     try:
         x = float(text)
@@ -138,16 +119,6 @@ def _positive_float(text):
     if not x > 0 or x != x:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return x
-
-
-def _count(text):
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
-    return n
 
 
 #: CNNConfig field -> the ``infcomp compile`` option that sets it for a new breaker.
