@@ -32,7 +32,7 @@ class Guide:
         self.history = []  # (traces, train loss, validation loss)
         self.metadata = {}  # free-form strings and numbers saved with the guide (e.g. what the guide is for)
         self.last_run = None  # figures of the latest compile run (traces, seconds, ...)
-        self._states = {}  # observation -> ObservationState
+        self._states = {}  # ids of an observation's tensors -> (the tensors, their ObservationState)
         self._address_terms = {}  # address -> network.address_terms(address)
         self._warned = set()
         self._checked_model = (model, self.model_args, self.model_kwargs) if model is not None else None
@@ -87,12 +87,18 @@ class Guide:
         """The per-observation cache (embedding, first proposal), reused while the same tensors come back."""
         key = tuple(id(v) for v in observation.values())
         hit = self._states.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit.observation.values(), observation.values())):
-            return hit
+        if hit is not None and all(a is b for a, b in zip(hit[0], observation.values())):
+            return hit[1]
         if len(self._states) > 8:
             self._states.clear()
-        state = self._states[key] = ObservationState(self.network, observation, self._address_terms)
+        state = self.states_for([observation])
+        self._states[key] = (tuple(observation.values()), state)
         return state
+
+    def states_for(self, observations: list) -> ObservationState:
+        """One :class:`~infcomp.handler.ObservationState` for several checked observations read together."""
+        stacked = {n: torch.stack([o[n] for o in observations]) for n in self.obs_specs}
+        return ObservationState(self.network, stacked, self._address_terms)
 
     def invalidate(self):
         """Forget cached per-observation and per-address work (the network's weights are changing)."""

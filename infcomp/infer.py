@@ -3,13 +3,22 @@
 For each particle the model runs once: latent sites draw from the proposal,
 observed sites take the observation, and :class:`LogWeight` adds up
 ``log p(x, y) - log q(x | y)``, scaled and masked as Pyro's own traces are.
-With the same seed this draws the same values, and so the same weights, as
-``pyro.infer.Importance(pyro.condition(model, data=obs), guide.condition(obs))``.
+
+Two paths draw the particles.  The batched one (the default) runs a chunk of particles as
+coroutines (:mod:`~infcomp.lockstep`) that pause at each latent site; the network steps once
+for all particles standing at the same address, and one batched proposal draws their values
+(:class:`~infcomp.handler.Proposer`).  The model's own code still runs once per particle.  The
+sequential one (``batch=False``), the reference, runs the particles one after another under
+the guide's :class:`~infcomp.handler.ProposalMessenger`; with the same seed it draws the same
+values, and so the same weights, as ``pyro.infer.Importance(pyro.condition(model, data=obs),
+guide.condition(obs))``.  The two paths draw different values; for the values a particle
+holds, both weigh it the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 
@@ -21,6 +30,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import NonlocalExit
 from tqdm.auto import tqdm
 
+from .handler import PausingProposal, Proposer
+from .lockstep import lockstep
 from .posterior import Posterior
 from .rng import fork_rng
 from .threads import limited_threads
@@ -59,9 +70,10 @@ class LogWeight(Messenger):
     def _add(self, name, term):
         if self.fault:  # weight 0 already
             return
-        if self.bad is None and not bool(term < math.inf):  # NaN or +inf
+        term = float(term)  # summed in double precision, on both paths alike
+        if self.bad is None and not term < math.inf:  # NaN or +inf
             self.bad = name
-        self.log_weight = self.log_weight + term
+        self.log_weight += term
 
     def _pyro_post_sample(self, msg):
         if msg["is_observed"]:
@@ -76,8 +88,14 @@ class LogWeight(Messenger):
                 self._add(msg["name"], _log_prob(msg["fn"], msg))
         elif is_latent(msg):
             self.values[msg["name"]] = msg["value"]
-            prior = msg["infer"].get("prior")
-            if prior is not None and self.weigh:  # proposed by the guide: w *= p(x) / q(x)
+            if not self.weigh:
+                return
+            prior, log_q = msg["infer"].get("prior"), msg["infer"].get("log_q")
+            if log_q is not None:  # drawn from a batched proposal, fn the prior: w *= p(x) / q(x)
+                log_p = msg["infer"].get("log_p")  # the stacked priors' density, or None: weigh the prior here
+                log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"]) if log_p is None else log_p
+                self._add(msg["name"], scale_and_mask(log_p - log_q, msg["scale"], msg["mask"]).sum())
+            elif prior is not None:  # proposed by the guide (fn the proposal): w *= p(x) / q(x)
                 self._add(msg["name"], _log_prob(prior, msg) - _log_prob(msg["fn"], msg))
 
 
@@ -92,6 +110,8 @@ def infer(
     model_kwargs=None,
     seed=None,
     progress=False,
+    batch=True,
+    chunk_size=1024,
 ) -> Posterior:
     """Weighted posterior of ``model`` given ``observation``.
 
@@ -102,16 +122,19 @@ def infer(
         generators as they were (:func:`~infcomp.rng.fork_rng`); without it the particles draw
         from, and advance, the caller's generators, as a Pyro model run does.
     :param num_samples: a positive int (TypeError for any other type, ``bool`` included).
+    :param batch: advance the particles together, ``chunk_size`` at a time (memory grows with the
+        chunk, not with ``num_samples``); ``False`` runs them one by one (the reference path,
+        whose draws match ``pyro.infer.Importance`` with the guide).  Prior importance sampling
+        (``guide=None``) has no network to batch and always runs one by one.
 
     Every path checks the observation the same way: finite (before any particle runs), of a
     shape its site draws, inside that site's support.  A particle whose observation falls
     outside the support, or has density 0, weighs 0; ValueError naming the observed sites if
     every particle does, and naming the particle and site if a log weight is NaN or +inf.
+    Pyro's argument checks (where validation is on) run on the first particle only.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-        raise TypeError(f"num_samples must be a positive int, got {num_samples!r} ({type(num_samples).__name__})")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples}")
+    _positive_int("num_samples", num_samples)
+    _positive_int("chunk_size", chunk_size)
     model_kwargs = dict(model_kwargs or {})
     if guide is not None:
         guide.bind_model(model, model_args, model_kwargs)
@@ -127,80 +150,160 @@ def infer(
             raise ValueError(f"observe names {list(names)}: pass the observation as a dict site -> tensor")
         obs = observation if isinstance(observation, dict) else {names[0]: observation}
         obs = {n: observed_tensor(n, v) for n, v in obs.items()}  # the guide's own check, as in Guide.check_observation
-    conditioned = poutine.condition(model, data=obs)
-    # particles run one by one on small tensors: extra threads only contend
-    with fork_rng(seed), limited_threads():
-        return _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress)
+    conditioned = functools.partial(poutine.condition(model, data=obs), *model_args, **model_kwargs)
+    run = _batched if batch and guide is not None else _sequential
+    # each particle's model code runs on small tensors: extra threads only contend
+    with fork_rng(seed), limited_threads(), torch.no_grad(), \
+            tqdm(total=num_samples, disable=not progress, desc="importance sampling", unit="sample") as bar:
+        draws = _Draws(num_samples, names)
+        run(conditioned, guide, obs, draws, chunk_size, bar)
+        return draws.posterior()
 
 
-def _importance(conditioned, guide, obs, names, num_samples, model_args, model_kwargs, progress):
-    log_weights = torch.empty(num_samples, dtype=torch.float64)
-    samples = {}
-    weight = LogWeight(observe=names)
-    faults = {}
-    for i in tqdm(range(num_samples), disable=not progress, desc="importance sampling", unit="sample"):
-        proposer = guide.messenger(obs) if guide is not None else contextlib.nullcontext()
-        # Pyro's argument checks run on the first particle only: they would double the cost of cheap models
-        with torch.no_grad(), pyro.validation_enabled(i == 0 and poutine.util.is_validation_enabled()), proposer, weight:
-            conditioned(*model_args, **model_kwargs)
-        if i == 0:
-            missing = [n for n in names if n not in weight.observed]
+def _positive_int(arg, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{arg} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{arg} must be a positive int, got {value}")
+
+
+class _Draws:
+    """The particles' log weights and latent values as they are drawn, packed per chunk (so
+    millions of particles keep no Python object each), and the checks on them."""
+
+    def __init__(self, num_samples, names):
+        self.names = names
+        self.log_weights = torch.empty(num_samples, dtype=torch.float64)
+        self.chunks = {}  # site -> [(particle indices, values)]
+        self.faults = {}
+
+    def add(self, start, weights):
+        """The runs of particles ``start, start + 1, ...``: each's :class:`LogWeight`."""
+        if start == 0:
+            missing = [n for n in self.names if n not in weights[0].observed]
             if missing:
                 raise ValueError(f"the model does not observe site {missing[0]!r}: it never samples a site of that name")
-        if weight.bad is not None:
-            raise ValueError(
-                f"particle {i}: its log weight is {float(weight.log_weight)} (the term of site {weight.bad!r} is "
-                "NaN or +inf): the model's density there cannot be weighed"
-            )
-        if weight.fault:
-            faults.setdefault(weight.fault, i)
-        log_weights[i] = float(weight.log_weight)
-        for name, value in weight.values.items():
-            samples.setdefault(name, ([], []))
-            samples[name][0].append(i)
-            samples[name][1].append(value)
-    if not bool(torch.isfinite(log_weights).any()):
-        why = next(iter(faults), "the observation has zero density (log weight -inf) under every particle")
-        raise ValueError(f"no particle of {num_samples} can weigh the observation of {list(names)}: {why}"
-                         + (" under every particle" if faults else ""))
-    packed = {n: (torch.tensor(idx), torch.stack(vals)) for n, (idx, vals) in samples.items()}
-    return Posterior(log_weights, packed)
+        values = {}
+        for i, weight in enumerate(weights, start):
+            if weight.bad is not None:
+                raise ValueError(
+                    f"particle {i}: its log weight is {float(weight.log_weight)} (the term of site {weight.bad!r} is "
+                    "NaN or +inf): the model's density there cannot be weighed"
+                )
+            if weight.fault:
+                self.faults.setdefault(weight.fault, i)
+            self.log_weights[i] = float(weight.log_weight)
+            for name, value in weight.values.items():
+                values.setdefault(name, ([], []))
+                values[name][0].append(i)
+                values[name][1].append(value)
+        for name, (idx, vals) in values.items():
+            self.chunks.setdefault(name, []).append((torch.tensor(idx), torch.stack(vals)))
+
+    def posterior(self) -> Posterior:
+        if not bool(torch.isfinite(self.log_weights).any()):
+            why = next(iter(self.faults), "the observation has zero density (log weight -inf) under every particle")
+            raise ValueError(f"no particle of {len(self.log_weights)} can weigh the observation of {list(self.names)}: "
+                             f"{why}" + (" under every particle" if self.faults else ""))
+        packed = {n: (torch.cat([i for i, _ in c]), torch.cat([v for _, v in c])) for n, c in self.chunks.items()}
+        return Posterior(self.log_weights, packed)
 
 
-def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_before=()) -> dict:
-    """One pass of the guide taking each proposal's most probable value: ``{site: value}``.
+def _chunks(num_samples, chunk_size):
+    """``(start, size)`` of each chunk: the first particle alone (it runs with Pyro's argument checks), then ``chunk_size`` at a time."""
+    start = 0
+    while start < num_samples:
+        size = 1 if start == 0 else min(chunk_size, num_samples - start)
+        yield start, size
+        start += size
+
+
+def _validating(first):
+    return pyro.validation_enabled(first and poutine.util.is_validation_enabled())
+
+
+def _sequential(conditioned, guide, obs, draws, chunk_size, bar):
+    for start, size in _chunks(len(draws.log_weights), chunk_size):
+        weights = [LogWeight(observe=draws.names) for _ in range(size)]
+        for weight in weights:
+            proposer = guide.messenger(obs) if guide is not None else contextlib.nullcontext()
+            with _validating(start == 0), proposer, weight:
+                conditioned()
+        draws.add(start, weights)
+        bar.update(size)
+
+
+def _batched(conditioned, guide, obs, draws, chunk_size, bar):
+    state = guide.state_for(obs)
+
+    def particle(weight):
+        with PausingProposal(guide.network, guide.observe, guide._warned), weight:
+            conditioned()
+
+    for start, size in _chunks(len(draws.log_weights), chunk_size):
+        weights = [LogWeight(observe=draws.names) for _ in range(size)]
+        with _validating(start == 0):
+            lockstep([functools.partial(particle, w) for w in weights], Proposer(state, size).answer)
+        draws.add(start, weights)
+        bar.update(size)
+
+
+def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_before=(), batch=True,
+           chunk_size=256):
+    """One pass of the guide taking each proposal's most probable value: ``{site: value}``, or
+    for a list of observations, a list of them (one pass each, all advanced together).
 
     The fast read: no sampling, no weights.  Discrete sites take their proposal's
     mode; continuous ones the centre of its leading mixture component.
 
+    :param observation: a tensor or dict site -> tensor, as :func:`infer` takes; or a list or
+        tuple of them, read ``chunk_size`` at a time (one encoder call and one network step per
+        address for each chunk).
     :param stop_before: a site name or names: the pass ends where the model reaches the first
         of them (``poutine.escape``), and returns the values drawn before it.  A read that needs
         only the early sites (the text drawn before the picture) skips the guide's steps and the model's work
         after them; each value drawn is the same as in the full pass.  ValueError naming them, and
         the sites the model did sample, if the pass ends without reaching any of them.
+    :param batch: ``False`` reads one observation after another (the reference path).
 
-    The observation is checked as :func:`infer` checks it; one outside its site's support under
-    the pass's values is a ValueError naming the site.
+    Every observation is checked as :func:`infer` checks it before any is read; one outside its
+    site's support under the pass's values is a ValueError naming the site.
     """
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
-    obs = guide.check_observation(observation)  # finite, as on every path; the support is checked as the pass meets it
+    many = isinstance(observation, (list, tuple))
+    observations = [guide.check_observation(o) for o in (observation if many else [observation])]
     names = (stop_before,) if isinstance(stop_before, str) else () if stop_before is None else stop_before
     if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
         raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
+    _positive_int("chunk_size", chunk_size)
     stops = frozenset(names)
-    run = poutine.condition(model, data=obs)
-    if stops:
-        run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
-    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False), guide.messenger(obs, greedy=True), \
-            LogWeight(weigh=False, observe=guide.observe) as lw:
-        try:
-            run(*model_args, **model_kwargs)
-        except NonlocalExit:
-            return lw.values
-    if stops:
-        raise ValueError(
-            f"stop_before names {sorted(stops)}, but the model reached none of them: "
-            f"it sampled {[*lw.values, *sorted(lw.observed)]}"
-        )
-    return lw.values
+
+    def read(obs, proposer):
+        run = poutine.condition(model, data=obs)
+        if stops:
+            run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
+        with proposer, LogWeight(weigh=False, observe=guide.observe) as lw:
+            try:
+                run(*model_args, **model_kwargs)
+            except NonlocalExit:
+                return lw.values
+        if stops:
+            raise ValueError(
+                f"stop_before names {sorted(stops)}, but the model reached none of them: "
+                f"it sampled {[*lw.values, *sorted(lw.observed)]}"
+            )
+        return lw.values
+
+    reads = []
+    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False):
+        for start in range(0, len(observations), chunk_size if batch else 1):
+            chunk = observations[start:start + chunk_size] if batch else observations[start:start + 1]
+            if not batch:
+                reads.append(read(chunk[0], guide.messenger(chunk[0], greedy=True)))
+                continue
+            proposer = Proposer(guide.states_for(chunk), len(chunk), per_observation=True, greedy=True)
+            calls = [functools.partial(read, o, PausingProposal(guide.network, guide.observe, guide._warned))
+                     for o in chunk]
+            reads.extend(lockstep(calls, proposer.answer))
+    return reads if many else reads[0]

@@ -10,7 +10,8 @@ the estimate is still consistent and only its variance changes.
 
 :class:`TemperMessenger` is an effect handler.  It acts on sites the guide proposed
 (those with ``msg["infer"]["prior"]``, set by
-:class:`~infcomp.handler.ProposalMessenger`), so it wraps inference from outside::
+:class:`~infcomp.handler.ProposalMessenger`, and, in batched inference, each address's
+batched proposal: :meth:`TemperMessenger.transform_proposal`), so it wraps inference from outside::
 
     with infcomp.temper(3.0, sites=["k_0", "k_1"]):
         posterior = infcomp.infer(model, guide, observation, num_samples=100)
@@ -64,15 +65,21 @@ class TemperMessenger(Messenger):
         self.sites = None if sites is None else frozenset([sites] if isinstance(sites, str) else sites)
 
     def _pyro_sample(self, msg):
-        if self.temperature == 1.0 or not is_latent(msg) or msg["infer"].get("prior") is None:
-            return
-        name = msg["name"]
+        if is_latent(msg) and msg["infer"].get("prior") is not None:
+            msg["fn"] = self.transform_proposal(msg["name"], msg["fn"])
+
+    def transform_proposal(self, name, proposal):
+        """``proposal``, the guide's at site ``name``, tempered where this handler tempers that site.
+        Batched inference (:class:`~infcomp.handler.Proposer`) asks every handler on the stack
+        that has this method, as the sequential path's sites pass through :meth:`_pyro_sample`."""
+        if self.temperature == 1.0:
+            return proposal
         if self.sites is None:
-            if not isinstance(unwrap(msg["fn"])[0], (dist.Categorical, dist.Bernoulli)):
-                return
+            if not isinstance(unwrap(proposal)[0], (dist.Categorical, dist.Bernoulli)):
+                return proposal
         elif name not in self.sites:
-            return
-        msg["fn"] = tempered(msg["fn"], self.temperature, name)
+            return proposal
+        return tempered(proposal, self.temperature, name)
 
 
 def temper(temperature: float, sites=None) -> TemperMessenger:

@@ -15,6 +15,8 @@ __all__ = [
     "poisson_branching_exact",
     "beta_bernoulli",
     "beta_bernoulli_exact",
+    "random_walk",
+    "random_walk_exact",
 ]
 
 # -- Gaussian with unknown mean: mu ~ N(1, 5), y_i ~ N(mu, 2), i = 1, 2 -----------------
@@ -72,3 +74,37 @@ def beta_bernoulli_exact(y):
     heads = float(torch.as_tensor(y).sum())
     a, b = ALPHA + heads, BETA + FLIPS - heads
     return a / (a + b), math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+
+
+# -- A Gaussian random walk seen through noise: x_0 ~ N(0, 1), x_t ~ N(x_{t-1}, WALK_VAR),
+#    y ~ N(x, OBS_VAR) elementwise, one latent site per step and one observed vector --------
+STEPS, WALK_VAR, OBS_VAR = 30, 0.25, 1.0
+
+
+def random_walk(y=None, steps=STEPS):
+    x = pyro.sample("x_0", dist.Normal(0.0, 1.0))
+    xs = [x]
+    for t in range(1, steps):
+        x = pyro.sample(f"x_{t}", dist.Normal(x, WALK_VAR**0.5))
+        xs.append(x)
+    pyro.sample("y", dist.Normal(torch.stack(xs), OBS_VAR**0.5).to_event(1), obs=y)
+    return torch.stack(xs)
+
+
+def random_walk_exact(y):
+    """The Kalman smoother's ``(means [T], standard deviations [T], log evidence)`` of the walk given ``y [T]``."""
+    y = torch.as_tensor(y, dtype=torch.float64)
+    T = len(y)
+    m, P = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64)
+    log_z = 0.0
+    for t in range(T):  # the filter: p(x_t | y_0..t)
+        m_pred, P_pred = (0.0, 1.0) if t == 0 else (float(m[t - 1]), float(P[t - 1]) + WALK_VAR)
+        log_z += float(dist.Normal(torch.tensor(m_pred, dtype=torch.float64), (P_pred + OBS_VAR) ** 0.5).log_prob(y[t]))
+        gain = P_pred / (P_pred + OBS_VAR)
+        m[t], P[t] = m_pred + gain * (float(y[t]) - m_pred), (1 - gain) * P_pred
+    ms, Ps = m.clone(), P.clone()
+    for t in range(T - 2, -1, -1):  # Rauch-Tung-Striebel: p(x_t | y_0..T-1)
+        c = float(P[t]) / (float(P[t]) + WALK_VAR)
+        ms[t] = m[t] + c * (ms[t + 1] - m[t])
+        Ps[t] = P[t] + c * c * (Ps[t + 1] - (P[t] + WALK_VAR))
+    return ms, Ps.sqrt(), log_z

@@ -240,9 +240,9 @@ def test_a_files_reading_does_not_depend_on_its_place_in_the_list(tiny, tmp_path
 def test_the_reading_bar_off_a_terminal_updates_every_few_seconds(tiny, tmp_path, capsys, monkeypatch):
     files = [str(_draw(50 + i, tmp_path)[0]) for i in range(8)]
 
-    def slow_read(style, guide, image):
-        time.sleep(0.15)
-        return "AAAA"
+    def slow_read(style, guide, images):
+        time.sleep(0.15 * len(images))
+        return ["AAAA"] * len(images)
 
     monkeypatch.setattr(breaker_module, "read_greedy", slow_read)
     rc, _, err = _run(["break", str(tiny), *files, "--particles", "0"], capsys)

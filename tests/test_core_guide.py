@@ -35,7 +35,7 @@ def branching_guide():
 
 # -- Pyro interop -------------------------------------------------------------------------
 def test_pyro_importance_agrees_with_infer(guide):
-    post = infcomp.infer(gaussian, guide, Y, num_samples=50, seed=11)
+    post = infcomp.infer(gaussian, guide, Y, num_samples=50, seed=11, batch=False)  # the reference path draws as Pyro does
     conditioned = pyro.condition(gaussian, data={"y": Y})
     pyro.set_rng_seed(11)
     imp = pyro.infer.Importance(conditioned, guide=guide.condition(Y), num_samples=50).run()
@@ -55,7 +55,7 @@ def test_pyro_csis_accepts_the_guide():
     pyro.set_rng_seed(5)
     with torch.no_grad():
         run = csis.run(observations={"y": Y})
-    post = infcomp.infer(csis_model, guide, Y, num_samples=40, seed=5, model_kwargs={"observations": {"y": Y}})
+    post = infcomp.infer(csis_model, guide, Y, num_samples=40, seed=5, model_kwargs={"observations": {"y": Y}}, batch=False)
     pyro_lw = torch.stack([torch.as_tensor(w) for w in run.log_weights]).double()
     assert torch.allclose(pyro_lw, post.log_weights, atol=1e-4)
     # CSIS's own training loss runs through the guide (values replayed from model traces)

@@ -28,8 +28,8 @@ def test_a_version_1_breaker_reads_as_it_did():
     got, want = legacy.breaker_readings(guide, style), EXPECTED["breaker"]
     assert sorted(got) == sorted(want)
     for key, value in want.items():
-        if torch.is_tensor(value):
-            assert torch.allclose(got[key], value, atol=1e-4, rtol=0), key
+        if torch.is_tensor(value):  # log weights of thousands of nats: saved as float32 sums, now summed in float64
+            assert torch.allclose(got[key], value, atol=1e-4, rtol=2e-7), key
         elif isinstance(value, float):
             assert got[key] == pytest.approx(value, abs=1e-6), key
         else:

@@ -18,7 +18,8 @@ Training (:meth:`log_q`) runs a whole :class:`~infcomp.data.Batch` in one LSTM c
 of every structure are laid side by side, padded at the end (the LSTM is causal, so padding
 never reaches a real step).  Per site group, each address's own weights apply in one batched
 matmul over an ``[addresses, slots]`` layout.  Inference (:meth:`start`, :meth:`step`) runs
-one address at a time, with the parts of the LSTM and head inputs that do not change from
+one address at a time for a batch of rows (the particles standing at that address, or one row
+per observation of a batched read), with the parts of the LSTM and head inputs that do not change from
 particle to particle folded into biases: :meth:`address_terms` (per address) and
 :meth:`step_terms` (per address and observation).
 """
@@ -41,7 +42,7 @@ from .encoders import CNNConfig, ObservationEncoder
 from .layout import Layout
 from .proposals import make_families
 
-__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork", "head_key", "split_config"]
+__all__ = ["NetworkConfig", "SiteModule", "InferenceNetwork", "Rows", "head_key", "split_config"]
 
 
 @dataclass
@@ -195,11 +196,20 @@ class AddressTerms(NamedTuple):
 
 
 class StepTerms(NamedTuple):
-    """What a step at one address computes the same way for every particle of one observation."""
+    """What a step at one address computes the same way for every particle of each of ``O`` observations."""
 
-    gate_bias: torch.Tensor  # [1, 4H]: the observation's and the address's share of the input gates
-    head_bias: torch.Tensor | None  # [1, head_hidden]: the observation summary's share of the head
+    gate_bias: torch.Tensor  # [O, 4H]: the observation's and the address's share of the input gates
+    head_bias: torch.Tensor | None  # [O, head_hidden]: the observation summary's share of the head
     head_weight: torch.Tensor | None
+
+
+class Rows(NamedTuple):
+    """Which of several observations each row of a step reads: ``obs [R]``, and ``slot [R]``, the
+    row's rank among the rows of its observation (below ``num_slots``), for attention's grid."""
+
+    obs: torch.Tensor
+    slot: torch.Tensor
+    num_slots: int
 
 
 class InferenceNetwork(nn.Module):
@@ -337,21 +347,21 @@ class InferenceNetwork(nn.Module):
         )
         return self.lstm(x)[0]
 
-    # -- inference, one address at a time ----------------------------------------
-    def start(self, observation: dict):
-        """The observation's summary ``[E]`` and what attention reads: ``(keys, memory)`` or None."""
-        obs_e, memory = self.encoder({k: v.unsqueeze(0) for k, v in observation.items()})
+    # -- inference: rows of particles or observations, one address at a time ---
+    def start(self, observations: dict):
+        """Summaries ``[O, E]`` of ``{site: [O, *shape]}`` and what attention reads: ``(keys, memory)`` or None."""
+        obs_e, memory = self.encoder(observations)
         attend = None if self.attention is None else (self.attention.keys(memory), memory)
-        return obs_e[0], attend
+        return obs_e, attend
 
-    def initial_state(self, obs_e):
-        """LSTM state ``[(h, c)] * layers`` and previous-value embedding before the first address."""
-        zeros = obs_e.new_zeros(1, self.cfg.hidden)
-        return [(zeros, zeros)] * self.cfg.layers, obs_e.new_zeros(1, self.cfg.value_dim)
+    def initial_state(self, obs_e, rows=1):
+        """LSTM state ``[(h, c)] * layers`` of ``rows`` rows and their previous-value input before the first address."""
+        zeros = obs_e.new_zeros(rows, self.cfg.hidden)
+        return [(zeros, zeros)] * self.cfg.layers, obs_e.new_zeros(rows, self.cfg.value_dim)
 
     def observation_gates(self, obs_e):
-        """The observation's share of the first LSTM layer's input gates (the same at every address)."""
-        return self.lstm_in.columns(self.lstm.weight_ih_l0, "obs") @ obs_e + self.lstm.bias_ih_l0
+        """The observations' share ``[O, 4H]`` of the first LSTM layer's input gates (the same at every address)."""
+        return F.linear(obs_e, self.lstm_in.columns(self.lstm.weight_ih_l0, "obs"), self.lstm.bias_ih_l0)
 
     def address_terms(self, name) -> AddressTerms:
         spec, m = self.specs[name], self.site(name)
@@ -364,17 +374,26 @@ class InferenceNetwork(nn.Module):
         head_bias = None
         if terms.head_weight is not None:
             m = self.site(name)
-            head_bias = F.linear(obs_e, self.head_in.columns(m.head1.weight, "obs"), m.head1.bias).unsqueeze(0)
-        return StepTerms((obs_gates + terms.gates).unsqueeze(0), head_bias, terms.head_weight)
+            head_bias = F.linear(obs_e, self.head_in.columns(m.head1.weight, "obs"), m.head1.bias)
+        return StepTerms(obs_gates + terms.gates, head_bias, terms.head_weight)
 
     def prev_weight(self):
         """The first LSTM layer's input weight on the previous value's embedding."""
         return self.lstm_in.columns(self.lstm.weight_ih_l0, "value").contiguous()
 
-    def step(self, hc, prev, name, terms: StepTerms, w_prev, attend=None):
-        """One LSTM step at ``name``: ``(proposal parameters [*S, P] or None, new LSTM state)``."""
+    def step(self, hc, prev, name, terms: StepTerms, w_prev, attend=None, rows: Rows | None = None):
+        """One LSTM step at ``name`` for ``R`` rows: ``(proposal parameters [R, *S, P] or None, new LSTM state)``.
+
+        ``hc`` is ``[(h [R, H], c [R, H])] * layers`` and ``prev [R, V]`` the rows' previous-value
+        input.  Without ``rows`` every row belongs to the one observation the terms were made
+        for; with it, row ``r`` reads observation ``rows.obs[r]`` of several.
+        """
         lstm = self.lstm
-        new = [torch.lstm_cell(prev, hc[0], w_prev, lstm.weight_hh_l0, terms.gate_bias, lstm.bias_hh_l0)]
+        gate_bias, head_bias = terms.gate_bias, terms.head_bias
+        if rows is not None:
+            gate_bias = gate_bias[rows.obs]
+            head_bias = None if head_bias is None else head_bias[rows.obs]
+        new = [torch.lstm_cell(prev, hc[0], w_prev, lstm.weight_hh_l0, gate_bias, lstm.bias_hh_l0)]
         for l in range(1, self.cfg.layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{l}"), getattr(lstm, f"weight_hh_l{l}")
             b_ih, b_hh = getattr(lstm, f"bias_ih_l{l}"), getattr(lstm, f"bias_hh_l{l}")
@@ -383,14 +402,19 @@ class InferenceNetwork(nn.Module):
             return None, new
         m, spec = self.site(name), self.specs[name]
         h = new[-1][0]
+        R = h.shape[0]
         if attend is not None:
-            h = torch.cat([h, self.attention.read(h, m.query.unsqueeze(0), *attend)], -1)
-        z = torch.relu(F.linear(h, terms.head_weight, terms.head_bias))
-        params = F.linear(z[0], m.head2.weight, m.head2.bias)
-        return params.reshape(spec.value_shape + (self.families[spec.family].num_params(spec),)), new
+            if rows is None and R > 1:
+                rows = Rows(h.new_zeros(R, dtype=torch.long), torch.arange(R, device=h.device), R)
+            where = () if rows is None else (rows.obs, rows.slot, rows.num_slots)
+            h = torch.cat([h, self.attention.read(h, m.query.unsqueeze(0), *attend, *where)], -1)
+        z = torch.relu(F.linear(h, terms.head_weight, head_bias))
+        params = F.linear(z, m.head2.weight, m.head2.bias)
+        return params.reshape((R,) + spec.value_shape + (self.families[spec.family].num_params(spec),)), new
 
     def embed_value(self, name, value, context):
-        """The previous-value input ``[1, V]`` after ``name`` took ``value``."""
+        """The previous-value input ``[R, V]`` after ``name`` took ``value [R, *S]`` (or ``[*S]``: one row)."""
         spec = self.specs[name]
-        feats = self.families[spec.family].features(value, context, spec)
-        return self.site(name).value(feats.reshape(1, -1))
+        family = self.families[spec.family]
+        feats = family.features(value, context, spec)
+        return self.site(name).value(feats.reshape(-1, family.feature_size(spec)))

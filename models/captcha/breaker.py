@@ -198,10 +198,12 @@ def unlike_style(image: torch.Tensor, style) -> str | None:
     return None
 
 
-def read_greedy(style, guide, image) -> str:
+def read_greedy(style, guide, image):
     """The most probable letters, one guide step per address up to the last letter: the pass stops
-    before the font, so the layout and distortion latents after it are neither proposed nor rendered."""
-    return style.reading(infcomp.greedy(style.model, guide, image, stop_before=style.after_text))
+    before the font, so the layout and distortion latents after it are neither proposed nor rendered.
+    For a list of images, a list of readings: they are read together (:func:`infcomp.greedy`)."""
+    values = infcomp.greedy(style.model, guide, image, stop_before=style.after_text)
+    return [style.reading(v) for v in values] if isinstance(image, (list, tuple)) else style.reading(values)
 
 
 @dataclass
@@ -212,11 +214,11 @@ class Reading:
     ess: float = 0.0
 
 
-def read_posterior(style, guide, image, particles=100, seed=None, temperature=1.0) -> Reading:
+def read_posterior(style, guide, image, particles=100, seed=None, temperature=1.0, batch=True) -> Reading:
     """Importance sampling with the guide; ``temperature > 1`` flattens its discrete
-    proposals (letters, font) first (see :mod:`infcomp.temper`)."""
+    proposals (letters, font) first (see :mod:`infcomp.temper`).  ``batch``: as :func:`infcomp.infer`'s."""
     with infcomp.temper(temperature):
-        post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed)
+        post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed, batch=batch)
     ranked = list(post.probabilities(style.reading).items())
     return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess)
 

@@ -290,6 +290,7 @@ def _calibration(probs, correct, bins=10):
 
 #: Seconds between the reading bar's updates when stderr is not a terminal (a log file, a pipe).
 LOG_INTERVAL = 5.0
+GREEDY_CHUNK = 256  # images read together by a greedy pass
 
 
 def file_seed(path, seed: int) -> int:
@@ -305,14 +306,20 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
     says why image i is unlike the style: its reading is then given probability 0."""
     from tqdm.auto import tqdm
 
-    rows, t_greedy, t_post, n_post = [], 0.0, 0.0, 0
+    rows, t_post, n_post = [], 0.0, 0
     unlike = unlike or [None] * len(images)
     bar = {} if sys.stderr.isatty() else {"mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL}
-    for i, (image, label, name) in enumerate(
-        tqdm(list(zip(images, labels, names)), disable=not progress, desc="reading", unit="captcha", **bar)
-    ):
-        text, dt = breaker.timed(breaker.read_greedy, style, guide, image)
-        t_greedy += dt
+    greedy, t_greedy = [], 0.0
+    with tqdm(total=len(images), disable=not progress, desc="reading (greedy)", unit="captcha", **bar) as shown:
+        for start in range(0, len(images), GREEDY_CHUNK):  # read together: one network step per address per chunk
+            texts, dt = breaker.timed(breaker.read_greedy, style, guide, images[start:start + GREEDY_CHUNK])
+            greedy.extend(texts)
+            t_greedy += dt
+            shown.update(len(texts))
+    reads = sum(particles > 0 and i < posterior_n and unlike[i] is None for i in range(len(images)))
+    shown = tqdm(total=reads, disable=not progress or not reads, desc="reading (posterior)", unit="captcha", **bar)
+    for i, (image, label, name) in enumerate(zip(images, labels, names)):
+        text = greedy[i]
         row = {"file": name, "greedy": text, "reading": text, "label": label}
         if unlike[i] is not None:
             row.update(unlike_style=unlike[i])
@@ -322,11 +329,13 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
             reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seeds[i], temperature)
             t_post += dt
             n_post += 1
+            shown.update(1)
             row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
                        alternatives=reading.alternatives, ess=reading.ess)
         if label is not None:
             row["char_accuracy"] = breaker.char_accuracy(row["reading"], label)
         rows.append(row)
+    shown.close()
     greedy_ms = 1000 * t_greedy / max(len(rows), 1)
     posterior_ms = 1000 * t_post / n_post if n_post else None
     return rows, greedy_ms, posterior_ms
