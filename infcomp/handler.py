@@ -268,10 +268,16 @@ class Proposer:
         else:
             proposal = _transformed(name, family.proposal(params, context))
             values = proposal.sample()
-            log_q = _sum_events(proposal.log_prob(values), event_dim).unbind(0)
-            log_p = none if stacked is None else _sum_events(stacked.log_prob(values), event_dim).unbind(0)
+            log_q = _sum_events(proposal.log_prob(values), event_dim)
+            log_p = none if stacked is None else _rows(_sum_events(stacked.log_prob(values), event_dim))
+            log_q = _rows(log_q)
         self.prev[idx] = self.network.embed_value(name, values, context)
         return list(zip(values.unbind(0), log_q, log_p))
+
+
+def _rows(log_prob):
+    """Each row of ``[R, *batch]``: a float where the site has no batch dims (nothing left to sum or mask), else a tensor."""
+    return log_prob.tolist() if log_prob.dim() == 1 else log_prob.unbind(0)
 
 
 def _transformed(name, proposal):

@@ -93,8 +93,13 @@ class LogWeight(Messenger):
             prior, log_q = msg["infer"].get("prior"), msg["infer"].get("log_q")
             if log_q is not None:  # drawn from a batched proposal, fn the prior: w *= p(x) / q(x)
                 log_p = msg["infer"].get("log_p")  # the stacked priors' density, or None: weigh the prior here
-                log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"]) if log_p is None else log_p
-                self._add(msg["name"], scale_and_mask(log_p - log_q, msg["scale"], msg["mask"]).sum())
+                if log_p is None:
+                    log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+                if isinstance(log_p, float) and isinstance(log_q, float) and msg["mask"] is None \
+                        and not torch.is_tensor(msg["scale"]) and msg["scale"] == 1.0:
+                    self._add(msg["name"], log_p - log_q)  # a scalar site: no tensor work per particle
+                else:
+                    self._add(msg["name"], scale_and_mask(torch.as_tensor(log_p) - log_q, msg["scale"], msg["mask"]).sum())
             elif prior is not None:  # proposed by the guide (fn the proposal): w *= p(x) / q(x)
                 self._add(msg["name"], _log_prob(prior, msg) - _log_prob(msg["fn"], msg))
 
