@@ -7,9 +7,10 @@
 For each style: renders/s on one core (the renderer alone) and prior traces/s on one core
 (the whole Pyro model: sampling, rendering, the ABC kernel); then it compiles a breaker for
 ``--minutes`` of wall-clock time (resuming ``OUT/STYLE.pt`` if it exists, so budgets add up
-across runs; the table says how many traces the breaker has seen in all) and reads
+across runs; the table says how many traces the breaker has seen in all; ``--minutes 0`` reads
+with ``OUT/STYLE.pt`` as it is) and reads
 ``--n`` fresh CAPTCHAs drawn from the style's prior with a greedy pass (which stops after the last
-letter: ``read_greedy``), and the first ``--posterior-n`` of them with importance sampling
+letter: ``read_greedy``; the images read together, 256 at a time, ``ms/greedy`` the time per image), and the first ``--posterior-n`` of them with importance sampling
 (``--particles`` particles, each a whole trace, rendered and weighed; with ``--text-only``, by
 their text alone: ``CaptchaStyle.with_text_only``).  Peak
 memory is the largest resident set of the compile process and of its trace workers.
@@ -117,8 +118,11 @@ def main(argv=None):
         row = {"style": name, "size": f"{style.width}x{style.height}"}
         row["renders_per_s"] = renders_per_second(style)
         row["model_traces_per_s"] = traces_per_second(style)
-        msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo,
-                                                 shlex.split(args.compile_options))
+        if args.minutes > 0 or not (out / f"{name}.pt").exists():
+            msg, wall, peak_gb = compile_in_child(name, args.minutes, out / f"{name}.pt", args.echo,
+                                                  shlex.split(args.compile_options))
+        else:  # --minutes 0: read with the breaker as it is
+            msg, wall, peak_gb = f"read with {out / f'{name}.pt'} as it is (--minutes 0)", 0.0, 0.0
         guide, reader = load_breaker(out / f"{name}.pt", text_only=args.text_only)
         row.update(compile_message=msg, compile_wall_s=wall, peak_gb=peak_gb, traces_trained=guide.traces_trained,
                    column_pixels=guide.network.encoder.cnn.column_pixels)
@@ -132,7 +136,8 @@ def main(argv=None):
             images.append(image)
             labels.append(text)
         rows, greedy_ms, post_ms = _read_all(reader, guide, images, labels, [str(i) for i in range(args.n)],
-                                             args.particles, args.posterior_n, 0, False)
+                                             args.particles, args.posterior_n,
+                                             [args.seed + i for i in range(args.n)], False)
         s = _summary(rows, greedy_ms, post_ms)
         row.update(recognition_greedy=s["recognition_rate_greedy"], recognition_posterior=s.get("recognition_rate_posterior"),
                    char_accuracy=s["char_accuracy"], greedy_ms=greedy_ms, posterior_ms=post_ms)

@@ -301,14 +301,17 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
         return lw.values
 
     reads = []
-    with limited_threads(), torch.no_grad(), pyro.validation_enabled(False):
+    with torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(observations), chunk_size if batch else 1):
             chunk = observations[start:start + chunk_size] if batch else observations[start:start + 1]
             if not batch:
-                reads.append(read(chunk[0], guide.messenger(chunk[0], greedy=True)))
+                with limited_threads():
+                    reads.append(read(chunk[0], guide.messenger(chunk[0], greedy=True)))
                 continue
-            proposer = Proposer(guide.states_for(chunk), len(chunk), per_observation=True, greedy=True)
+            state = guide.states_for(chunk)  # one encoder call for the chunk, on torch's threads
+            proposer = Proposer(state, len(chunk), per_observation=True, greedy=True)
             calls = [functools.partial(read, o, PausingProposal(guide.network, guide.observe, guide._warned))
                      for o in chunk]
-            reads.extend(lockstep(calls, proposer.answer))
+            with limited_threads():  # the runs' small steps: extra threads only contend
+                reads.extend(lockstep(calls, proposer.answer))
     return reads if many else reads[0]

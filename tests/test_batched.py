@@ -241,3 +241,20 @@ def test_a_failing_run_closes_the_others_and_leaves_no_handler_behind():
 def test_pause_outside_a_run_is_refused():
     with pytest.raises(RuntimeError, match="lockstep"):
         pause(Ask("a"))
+
+
+def test_no_more_particles_are_in_flight_than_a_chunk():
+    live, most = [0], [0]
+
+    def counted(y=None):
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        try:
+            ex.gaussian(y)
+        finally:
+            live[0] -= 1
+
+    guide = infcomp.compile(counted, observe="y", num_traces=128, seed=0, workers=0, progress=False)
+    most[0] = 0
+    post = infcomp.infer(counted, guide, torch.tensor([8.0, 9.0]), num_samples=500, chunk_size=40, seed=0)
+    assert post.num_samples == 500 and most[0] == 40 and live[0] == 0
