@@ -91,14 +91,15 @@ class Guide:
             return hit[1]
         if len(self._states) > 8:
             self._states.clear()
-        state = self.states_for([observation])
+        state = self.states_for([observation], None)
         self._states[key] = (tuple(observation.values()), state)
         return state
 
-    def states_for(self, observations: list) -> ObservationState:
-        """One :class:`~infcomp.handler.ObservationState` for several checked observations read together."""
+    def states_for(self, observations: list, first_index=0) -> ObservationState:
+        """One :class:`~infcomp.handler.ObservationState` for several checked observations read
+        together; its errors number them from ``first_index`` (None: one observation, unnumbered)."""
         stacked = {n: torch.stack([o[n] for o in observations]) for n in self.obs_specs}
-        return ObservationState(self.network, stacked, self._address_terms)
+        return ObservationState(self.network, stacked, self._address_terms, first_index)
 
     def invalidate(self):
         """Forget cached per-observation and per-address work (the network's weights are changing)."""

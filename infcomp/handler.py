@@ -41,9 +41,10 @@ class ObservationState:
     but the observation).
     """
 
-    def __init__(self, network, observations: dict, address_terms: dict):
+    def __init__(self, network, observations: dict, address_terms: dict, first_index=None):
         self.network = network
         self.observations = observations
+        self.first_index = first_index  # the number of observation 0 in the caller's list, for errors (None: one observation)
         self.address_terms = address_terms  # address -> its AddressTerms, shared by all observations (the guide keeps it)
         with torch.no_grad():
             self.obs_e, self.attend = network.start(observations)
@@ -52,9 +53,9 @@ class ObservationState:
         bad = (~torch.isfinite(self.obs_e).all(-1)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(
-                f"observation{'' if len(self.obs_e) == 1 else f' {bad[0]}'} for site(s) {list(observations)} is too far "
-                f"from what the guide was trained on: its encoding overflows (largest magnitude "
-                f"{_largest(observations, bad[0]):.3g}); it cannot be weighed with this guide"
+                f"{self._which(bad[0])} for site(s) {list(observations)} is too far from what the guide was trained on: "
+                f"its encoding overflows (largest magnitude {_largest(observations, bad[0]):.3g}); "
+                "it cannot be weighed with this guide"
             )
         self._step_terms = {}
         self._first = None  # (name, context, proposal or point, lstm state, greedy)
@@ -74,13 +75,17 @@ class ObservationState:
         [R, *S, P] or None, new state)``; ValueError naming the site if a parameter is not finite."""
         params, hc = self.network.step(hc, prev, name, self.step_terms(name), self.w_prev, self.attend, rows)
         if params is not None and not bool(torch.isfinite(params).all()):
-            bad = int((~torch.isfinite(params.reshape(len(params), -1))).any(-1).nonzero()[0]) if rows is not None else 0
+            row = int((~torch.isfinite(params.reshape(len(params), -1))).any(-1).nonzero()[0])
+            o = 0 if rows is None else int(rows.obs[row])
             raise ValueError(
-                f"site {name!r}: the guide's proposal parameters are not finite for observation site(s) "
-                f"{list(self.observations)} (largest magnitude {_largest(self.observations, bad):.3g}): "
+                f"site {name!r}: the guide's proposal parameters are not finite for {self._which(o)} of site(s) "
+                f"{list(self.observations)} (largest magnitude {_largest(self.observations, o):.3g}): "
                 "it cannot be weighed with this guide"
             )
         return params, hc
+
+    def _which(self, o):
+        return "the observation" if self.first_index is None else f"observation {self.first_index + o}"
 
     def step(self, hc, prev, name, context, first, greedy=False):
         """One run's step: ``(proposal or None, new LSTM state)`` at address ``name``; with
@@ -209,6 +214,11 @@ class PausingProposal(Messenger):
         site = guided_site(msg, self.network, self.observe, self.warned)
         if site is None:
             return
+        if msg["value"] is not None:
+            raise ValueError(
+                f"site {msg['name']!r} already has a value, set by a handler inside the model: batched inference "
+                "draws every latent site the guide knows (run infer with batch=False to weigh a value set there)"
+            )
         reply = pause(Propose(msg["name"], *site))
         if reply is None:
             self._feed[msg["name"]] = site[0]

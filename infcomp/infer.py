@@ -308,7 +308,7 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
                 with limited_threads():
                     reads.append(read(chunk[0], guide.messenger(chunk[0], greedy=True)))
                 continue
-            state = guide.states_for(chunk)  # one encoder call for the chunk, on torch's threads
+            state = guide.states_for(chunk, start if many else None)  # one encoder call for the chunk, on torch's threads
             proposer = Proposer(state, len(chunk), per_observation=True, greedy=True)
             calls = [functools.partial(read, o, PausingProposal(guide.network, guide.observe, guide._warned))
                      for o in chunk]

@@ -16,6 +16,8 @@ validation flag are the caller's for all of them.
 
 from __future__ import annotations
 
+import sys
+
 import greenlet
 from pyro.poutine import runtime
 
@@ -42,15 +44,24 @@ class _Run(greenlet.greenlet):
             stack[:], dims[:] = base_stack, base_dims
 
     def close(self):
-        """End a paused run: its ``with`` blocks and ``finally`` clauses run, inside its own stack."""
-        if self and not self.dead:
-            stack, dims = runtime._PYRO_STACK, runtime._DIM_ALLOCATOR._stack
-            base_stack, base_dims = stack[:], dims[:]
-            stack[:], dims[:] = self.stack, self.dims
-            try:
-                self.throw(greenlet.GreenletExit)
-            finally:
-                stack[:], dims[:] = base_stack, base_dims
+        """End a paused run: its ``with`` blocks and ``finally`` clauses run, inside its own stack
+        (again if a clause pauses it once more: a run is never left alive to be ended later
+        under another run's handlers)."""
+        stack, dims = runtime._PYRO_STACK, runtime._DIM_ALLOCATOR._stack
+        base_stack, base_dims = stack[:], dims[:]
+        try:
+            for _ in range(100):
+                if not self or self.dead:
+                    return
+                stack[:], dims[:] = self.stack, self.dims
+                try:
+                    self.throw(greenlet.GreenletExit)
+                finally:
+                    self.stack, self.dims = stack[:], dims[:]
+                    stack[:], dims[:] = base_stack, base_dims
+            raise RuntimeError("a model run keeps pausing while it is being closed")
+        finally:
+            stack[:], dims[:] = base_stack, base_dims
 
 
 def pause(request):
@@ -87,8 +98,14 @@ def lockstep(calls, answer) -> list:
                     _step(runs, i, runs[i].resume(reply), pending, results)
         return results
     finally:
-        for run in runs:
-            run.close()
+        failure = None
+        for run in runs:  # every run is closed, even if closing one fails
+            try:
+                run.close()
+            except Exception as e:
+                failure = failure or e
+        if failure is not None and sys.exc_info()[0] is None:
+            raise failure
 
 
 def _step(runs, i, out, pending, results):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import pyro.distributions
 import pyro.poutine as poutine
+from torch.distributions import constraints
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
@@ -124,12 +125,18 @@ def observation_fault(name: str, value, fn) -> str:
     (a value outside its support), or ''.  ValueError naming the site if ``fn`` does not draw
     values of ``value``'s shape."""
     shape, want = tuple(value.shape), tuple(fn.shape())
-    try:
-        fits = tuple(torch.broadcast_shapes(shape, want)) == want
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"observation for site {name!r} has shape {shape}, but the model draws that site with shape {want}")
+    if shape != want:
+        try:
+            fits = tuple(torch.broadcast_shapes(shape, want)) == want
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"observation for site {name!r} has shape {shape}, but the model draws that site with shape {want}")
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.real:  # every finite value (observations are checked finite before any run)
+        return ""
     try:
         inside = bool(fn.support.check(value).all())
     except (NotImplementedError, RuntimeError, TypeError, ValueError):

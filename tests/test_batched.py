@@ -258,3 +258,49 @@ def test_no_more_particles_are_in_flight_than_a_chunk():
     most[0] = 0
     post = infcomp.infer(counted, guide, torch.tensor([8.0, 9.0]), num_samples=500, chunk_size=40, seed=0)
     assert post.num_samples == 500 and most[0] == 40 and live[0] == 0
+
+
+class Exp(torch.nn.Module):
+    def forward(self, x):
+        return x.exp()
+
+
+def test_a_batched_greedy_read_names_the_observation_at_fault():
+    encoder = torch.nn.Sequential(torch.nn.Linear(2, 8), Exp())  # overflows far from the training data
+    guide = infcomp.compile(ex.gaussian, observe="y", num_traces=128, seed=0, workers=0, progress=False, encoder=encoder)
+    ys = [torch.tensor([8.0, 9.0])] * 300
+    ys[290] = torch.tensor([1e30, -1e30])
+    with pytest.raises(ValueError, match=r"observation 290 for site\(s\) \['y'\] is too far .*cannot be weighed"):
+        infcomp.greedy(ex.gaussian, guide, ys, chunk_size=256)
+
+
+def test_a_value_set_inside_the_model_is_refused_by_the_batched_path():
+    def preset(y=None):
+        with poutine.condition(data={}), Replay({"mu": torch.tensor(7.0)}):
+            ex.gaussian(y)
+
+    guide = infcomp.compile(ex.gaussian, observe="y", num_traces=128, seed=0, workers=0, progress=False)
+    with pytest.raises(ValueError, match=r"site 'mu' already has a value.*batch=False"):
+        infcomp.infer(preset, guide, torch.tensor([8.0, 9.0]), num_samples=5)
+    assert infcomp.infer(preset, guide, torch.tensor([8.0, 9.0]), num_samples=5, batch=False).num_samples == 5
+    assert not pyro.poutine.runtime._PYRO_STACK
+
+
+def test_a_run_that_pauses_while_closing_is_still_closed():
+    done = []
+
+    def stubborn(i):
+        try:
+            pause(Ask("a"))
+            if i == 0:
+                raise RuntimeError("the first call fails")
+            pause(Ask("b"))
+        finally:
+            if i == 1:
+                done.append("pausing")
+                pause(Ask("c"))  # paused again by its own clean-up: ended there
+            done.append(i)
+
+    with pytest.raises(RuntimeError, match="the first call fails"):
+        lockstep([lambda i=i: stubborn(i) for i in range(3)], lambda key, ids, reqs: [None] * len(ids))
+    assert done == [0, "pausing", 2] and not pyro.poutine.runtime._PYRO_STACK
