@@ -282,24 +282,7 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
     if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
         raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
     _positive_int("chunk_size", chunk_size)
-    stops = frozenset(names)
-
-    def read(obs, proposer):
-        run = poutine.condition(model, data=obs)
-        if stops:
-            run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
-        with proposer, LogWeight(weigh=False, observe=guide.observe) as lw:
-            try:
-                run(*model_args, **model_kwargs)
-            except NonlocalExit:
-                return lw.values
-        if stops:
-            raise ValueError(
-                f"stop_before names {sorted(stops)}, but the model reached none of them: "
-                f"it sampled {[*lw.values, *sorted(lw.observed)]}"
-            )
-        return lw.values
-
+    read = functools.partial(_greedy_pass, model, frozenset(names), guide.observe, model_args, model_kwargs)
     reads = []
     with torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(observations), chunk_size if batch else 1):
@@ -315,3 +298,21 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
             with limited_threads():  # the runs' small steps: extra threads only contend
                 reads.extend(lockstep(calls, proposer.answer))
     return reads if many else reads[0]
+
+
+def _greedy_pass(model, stops, observe, model_args, model_kwargs, obs, proposer) -> dict:
+    """One greedy pass of ``model`` on observation ``obs`` under ``proposer``: ``{site: value}``."""
+    run = poutine.condition(model, data=obs)
+    if stops:
+        run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
+    with proposer, LogWeight(weigh=False, observe=observe) as lw:
+        try:
+            run(*model_args, **model_kwargs)
+        except NonlocalExit:
+            return lw.values
+    if stops:
+        raise ValueError(
+            f"stop_before names {sorted(stops)}, but the model reached none of them: "
+            f"it sampled {[*lw.values, *sorted(lw.observed)]}"
+        )
+    return lw.values

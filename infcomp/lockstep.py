@@ -32,16 +32,16 @@ class _Run(greenlet.greenlet):
         self.stack = list(runtime._PYRO_STACK)  # it starts inside the caller's handlers
         self.dims = list(runtime._DIM_ALLOCATOR._stack)
 
-    def resume(self, *reply):
-        """Run until the next :func:`pause` (its request) or the end (the call's result)."""
+    def resume(self, base, *reply):
+        """Run until the next :func:`pause` (its request) or the end (the call's result); the
+        caller's handler stack and plate dimensions ``base`` stand again afterwards."""
         stack, dims = runtime._PYRO_STACK, runtime._DIM_ALLOCATOR._stack
-        base_stack, base_dims = stack[:], dims[:]
         stack[:], dims[:] = self.stack, self.dims
         try:
             return self.switch(*reply) if reply else self.switch()
         finally:
             self.stack, self.dims = stack[:], dims[:]
-            stack[:], dims[:] = base_stack, base_dims
+            stack[:], dims[:] = base
 
     def close(self):
         """End a paused run: its ``with`` blocks and ``finally`` clauses run, inside its own stack
@@ -83,10 +83,11 @@ def lockstep(calls, answer) -> list:
     """
     runs = [_Run(call) for call in calls]
     results = [None] * len(runs)
+    base = list(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack)
     try:
         pending = {}
         for i, run in enumerate(runs):
-            _step(runs, i, run.resume(), pending, results)
+            _step(runs, i, run.resume(base), pending, results)
         while pending:
             groups = {}
             for i, request in pending.items():
@@ -95,7 +96,7 @@ def lockstep(calls, answer) -> list:
             for key, ids in groups.items():
                 replies = answer(key, ids, [waiting[i] for i in ids])
                 for i, reply in zip(ids, replies):
-                    _step(runs, i, runs[i].resume(reply), pending, results)
+                    _step(runs, i, runs[i].resume(base, reply), pending, results)
         return results
     finally:
         failure = None
