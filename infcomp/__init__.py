@@ -4,7 +4,7 @@
 model's own prior draws; ``infer(model, guide, observation)`` uses it.
 """
 
-from . import abc
+from . import abc, diagnostics
 from .files import load
 from .guide import Guide
 from .infer import greedy, infer
@@ -16,7 +16,7 @@ from .temper import temper
 from .train import Callback, RunStats, compile
 
 __all__ = [
-    "compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc",
+    "compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc", "diagnostics",
     "NetworkConfig", "CNNConfig", "ProposalFamily", "register_family", "Callback", "RunStats",
 ]
 __version__ = "0.1.0"
