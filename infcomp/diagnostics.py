@@ -99,6 +99,60 @@ class Calibration:
                     out.append(f"{name}: the {level:.0%} interval covers {share:.1%} of {n} draws")
         return out
 
+    def plot(self, path, names=None, max_rows=8):
+        """Save a PNG at ``path``: per quantity (``names``, default the first ``max_rows``), the rank
+        histogram of both reads against the uniform band (99% of bin counts fall inside it when the
+        ranks are uniform), and the coverage curve (continuous) or the reliability diagram (discrete)."""
+        from matplotlib.figure import Figure  # a Figure without pyplot: no backend switched
+
+        names = list(self.checks)[:max_rows] if names is None else list(names)
+        fig = Figure(figsize=(9, 2.6 * len(names)))
+        axes = fig.subplots(len(names), 2, squeeze=False)
+        for (rank_ax, other_ax), name in zip(axes, names):
+            self._plot_ranks(rank_ax, name)
+            if self.kinds[name] == "continuous":
+                self._plot_coverage(other_ax, name)
+            else:
+                self._plot_reliability(other_ax, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+    def _plot_ranks(self, ax, name):
+        for read, style in zip(READS, ("C1", "C0")):
+            ranks = self.checks[name][read].ranks
+            if ranks:
+                ax.hist(ranks, bins=self.bins, range=(0, self.num_ranks), histtype="step", color=style, label=read)
+        n = len(self.checks[name]["posterior"].ranks)
+        if n:
+            mean, sd = n / self.bins, (n / self.bins * (1 - 1 / self.bins)) ** 0.5
+            ax.axhspan(max(mean - 2.58 * sd, 0), mean + 2.58 * sd, color="0.85", zorder=0)
+        ax.set_title(f"{name}: ranks of the truth", size=9)
+        ax.legend(prop={"size": 7})
+
+    def _plot_coverage(self, ax, name):
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for read, style in zip(READS, ("C1", "C0")):
+            cov = self.checks[name][read].coverage()
+            ax.plot(list(cov), list(cov.values()), "o-", color=style, label=read)
+        ax.set_xlabel("interval level", size=8)
+        ax.set_ylabel("share covering the truth", size=8)
+        ax.set_title(f"{name}: coverage", size=9)
+        ax.legend(prop={"size": 7})
+
+    def _plot_reliability(self, ax, name, bins=10):
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for read, style in zip(READS, ("C1", "C0")):
+            c = self.checks[name][read]
+            p, ok = torch.tensor(c.stated, dtype=torch.float64), torch.tensor(c.right, dtype=torch.float64)
+            which = (p * bins).long().clamp(max=bins - 1)
+            pts = [(float(p[which == b].mean()), float(ok[which == b].mean())) for b in range(bins) if bool((which == b).any())]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=style, label=f"{read} (ECE {c.reliability(bins)['ece']:.3f})")
+        ax.set_xlabel("stated probability", size=8)
+        ax.set_ylabel("share right", size=8)
+        ax.set_title(f"{name}: reliability", size=9)
+        ax.legend(prop={"size": 7})
+
     def summary(self) -> dict:
         """A JSON-ready ``{name: {"kind", read: {"rank_p_value", "coverage", reliability...}}}``."""
         out = {}

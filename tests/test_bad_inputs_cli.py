@@ -249,3 +249,15 @@ def test_the_reading_bar_off_a_terminal_updates_every_few_seconds(tiny, tmp_path
     assert rc == 0
     updates = "\n".join(err).count("\r")
     assert updates <= 3, updates
+
+
+def test_calibrate_checks_a_breaker_on_its_styles_draws(tiny, tmp_path, capsys):
+    plot = tmp_path / "calibration.png"
+    rc, out, _ = _run(["calibrate", str(tiny), "-n", "4", "--particles", "5", "--plot", str(plot), "--json"], capsys)
+    assert rc == 0 and plot.stat().st_size > 10_000
+    summary = json.loads(out)
+    text = summary["checks"]["text"]
+    assert text["kind"] == "discrete" and 0 <= text["posterior"]["ece"] <= 1 and 0 <= text["q"]["brier"] <= 1
+    assert set(summary["failures"]) == {"q", "posterior"}
+    rc, _, err = _run(["calibrate", str(tiny), "-n", "0"], capsys)
+    assert rc == 2 and "-n" in " ".join(err)

@@ -46,7 +46,7 @@ def test_an_under_trained_guide_fails():
     assert calibration(ex.gaussian, guide, num_draws=300, num_samples=100, seed=1).failures("q")
 
 
-def test_discrete_sites_and_functions_report_reliability():
+def test_discrete_sites_and_functions_report_reliability(tmp_path):
     guide = infcomp.compile(ex.poisson_branching, observe="y", num_traces=3_000, seed=0, workers=0, progress=False)
     cal = calibration(ex.poisson_branching, guide, num_draws=150, num_samples=100, seed=2,
                       functions={"many": lambda v: int(v["n"]) > 2})
@@ -58,6 +58,8 @@ def test_discrete_sites_and_functions_report_reliability():
     assert 0 < s["x_0"]["draws"] < 150  # x_0 exists in the draws with n >= 1 only
     # sites the particles rarely hold (x_4: n >= 5) are estimated from few of them; the common ones pass
     assert [f for f in cal.failures("posterior") if f.startswith(("n:", "many:", "x_0:"))] == []
+    cal.plot(tmp_path / "calibration.png", names=["n", "many", "x_0"])
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000
 
 
 def test_the_callers_random_state_is_left_alone(gauss_guide):

@@ -5,6 +5,7 @@
     infcomp compile --style S --minutes M --out S.pt      (resumes if S.pt exists)
     infcomp break S.pt FILE... [--json]
     infcomp evaluate S.pt -n 1000 [--json]
+    infcomp calibrate S.pt -n 1000 [--plot calibration.png] [--json]
 """
 
 from __future__ import annotations
@@ -445,6 +446,38 @@ def cmd_break(args):
     return 1 if errors and not rows else 0
 
 
+def cmd_calibrate(args):
+    """Simulation-based calibration of a breaker on fresh draws of its style (``infcomp.diagnostics``)."""
+    from infcomp import diagnostics
+
+    guide, style = breaker.load_breaker(args.model)
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    cal = diagnostics.calibration(style.model, guide, args.n, args.particles, functions={"text": style.reading},
+                                  seed=args.seed)
+    summary = {"style": style.name, "draws": args.n, "particles": args.particles, "checks": cal.summary(),
+               "failures": {read: cal.failures(read) for read in diagnostics.READS}}
+    if args.plot:
+        first = ["text"] + [n for n in cal.checks if n != "text"]
+        cal.plot(args.plot, names=first[:8])
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"breaker for style {style.name!r}: {args.n} draws of its prior, {args.particles} particles each")
+    for name, figures in summary["checks"].items():
+        line = [f"{name:14s} {figures['kind']:10s}"]
+        for read in diagnostics.READS:
+            f = figures[read]
+            p = f["rank_p_value"]
+            extra = (f"ECE {f['ece']:.3f} Brier {f['brier']:.3f}" if "ece" in f
+                     else " ".join(f"{level:.0%}->{share:.0%}" for level, share in f["coverage"].items()))
+            line.append(f"{read}: ranks p={'-' if p is None else format(p, '.2g')} {extra}")
+        print("  ".join(line))
+    for read, fails in summary["failures"].items():
+        print(f"{read}: {'passes' if not fails else str(len(fails)) + ' failed: ' + '; '.join(fails[:5])}")
+    return 0
+
+
 def _letters(style):
     return f"{style.min_letters}-{style.max_letters}" if style.variable_length else str(style.min_letters)
 
@@ -538,6 +571,15 @@ def build_parser():
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("calibrate", help="simulation-based calibration of a breaker on fresh draws of its style")
+    s.add_argument("model", help="a breaker file from 'infcomp compile'")
+    s.add_argument("-n", type=_at_least_one, default=1000, help="how many fresh draws to infer (at least 1)")
+    s.add_argument("--particles", type=_at_least_one, default=100, help="importance samples per draw (at least 1)")
+    s.add_argument("--plot", help="write rank histograms and coverage or reliability plots (PNG)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    s.set_defaults(fn=cmd_calibrate)
 
     for name, fn, help_ in (("break", cmd_break, "read CAPTCHA image files"),
                             ("evaluate", cmd_evaluate, "recognition rate on fresh draws from the style")):
