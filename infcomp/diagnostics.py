@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .infer import infer
-from .posterior import Posterior
+from .posterior import Marginal, Posterior
 from .rng import fork_rng
 from .traces import PriorSampler
 
@@ -217,25 +217,16 @@ def _elements(name, value):
 def _check(checks, label, read, marginal, pick, true, kind, levels, rank_draws, gen):
     c = checks.setdefault(label, {r: Check() for r in READS})[read]
     values = marginal.values if pick == () else marginal.values.reshape(len(marginal.values), -1)[:, pick]
-    w = marginal.weights.double()
-    draws = values[torch.multinomial(w, rank_draws, replacement=True, generator=gen)].double()
+    element = Marginal(label, values, marginal.weights)
     t = float(true)
-    ties = int((draws == t).sum())
-    c.ranks.append(int((draws < t).sum()) + int(torch.randint(ties + 1, (), generator=gen)))
+    c.ranks.append(_rank(element.sample(rank_draws, gen).double(), t, gen))
     if kind == "continuous":
-        order = torch.argsort(values.double())
-        v, cdf = values.double()[order], torch.cumsum(w[order], 0)
         for level in levels:
-            lo, hi = (1 - level) / 2, (1 + level) / 2
-            lo_v = v[torch.searchsorted(cdf, torch.tensor(lo, dtype=cdf.dtype) * cdf[-1]).clamp(max=len(v) - 1)]
-            hi_v = v[torch.searchsorted(cdf, torch.tensor(hi, dtype=cdf.dtype) * cdf[-1]).clamp(max=len(v) - 1)]
-            c.covered.setdefault(level, []).append(bool(lo_v <= t <= hi_v))
+            lo, hi = element.quantile([(1 - level) / 2, (1 + level) / 2]).tolist()
+            c.covered.setdefault(level, []).append(lo <= t <= hi)
     else:
-        probs = {}
-        for value, weight in zip(values.tolist(), (w / w.sum()).tolist()):
-            probs[value] = probs.get(value, 0.0) + weight
-        best = max(probs, key=probs.get)
-        c.stated.append(probs[best])
+        best, p = next(iter(element.probs().items()))
+        c.stated.append(p)
         c.right.append(best == t)
 
 
@@ -253,7 +244,10 @@ def _check_function(checks, label, read, probs: dict, truth, rank_draws, gen):
     w = torch.tensor([probs[v] for v in values], dtype=torch.float64)
     draws = torch.tensor([index[values[k]] for k in torch.multinomial(w, rank_draws, replacement=True,
                                                                        generator=gen).tolist()])
-    t = index[truth]
-    ties = int((draws == t).sum())
-    c.ranks.append(int((draws < t).sum()) + int(torch.randint(ties + 1, (), generator=gen)))
+    c.ranks.append(_rank(draws, index[truth], gen))
 
+
+def _rank(draws, t, gen) -> int:
+    """The rank of ``t`` among ``draws``, ties broken at random."""
+    ties = int((draws == t).sum())
+    return int((draws < t).sum()) + int(torch.randint(ties + 1, (), generator=gen))

@@ -278,9 +278,8 @@ class Proposer:
         else:
             proposal = _transformed(name, family.proposal(params, context))
             values = proposal.sample()
-            log_q = _sum_events(proposal.log_prob(values), event_dim)
+            log_q = _rows(_sum_events(proposal.log_prob(values), event_dim))
             log_p = none if stacked is None else _rows(_sum_events(stacked.log_prob(values), event_dim))
-            log_q = _rows(log_q)
         self.prev[idx] = self.network.embed_value(name, values, context)
         return list(zip(values.unbind(0), log_q, log_p))
 

@@ -35,33 +35,27 @@ class _Run(greenlet.greenlet):
     def resume(self, base, *reply):
         """Run until the next :func:`pause` (its request) or the end (the call's result); the
         caller's handler stack and plate dimensions ``base`` stand again afterwards."""
-        stack, dims = runtime._PYRO_STACK, runtime._DIM_ALLOCATOR._stack
-        stack[:], dims[:] = self.stack, self.dims
-        try:
-            return self.switch(*reply) if reply else self.switch()
-        finally:
-            self.stack, self.dims = stack[:], dims[:]
-            stack[:], dims[:] = base
+        return self._inside(base, lambda: self.switch(*reply) if reply else self.switch())
 
-    def close(self):
+    def close(self, base):
         """End a paused run: its ``with`` blocks and ``finally`` clauses run, inside its own stack
         (again if a clause pauses it once more: a run is never left alive to be ended later
         under another run's handlers)."""
+        for _ in range(100):
+            if not self or self.dead:
+                return
+            self._inside(base, lambda: self.throw(greenlet.GreenletExit))
+        raise RuntimeError("a model run keeps pausing while it is being closed")
+
+    def _inside(self, base, step):
+        """``step()`` with this run's handler stack and plate dimensions in Pyro's globals, ``base`` after."""
         stack, dims = runtime._PYRO_STACK, runtime._DIM_ALLOCATOR._stack
-        base_stack, base_dims = stack[:], dims[:]
+        stack[:], dims[:] = self.stack, self.dims
         try:
-            for _ in range(100):
-                if not self or self.dead:
-                    return
-                stack[:], dims[:] = self.stack, self.dims
-                try:
-                    self.throw(greenlet.GreenletExit)
-                finally:
-                    self.stack, self.dims = stack[:], dims[:]
-                    stack[:], dims[:] = base_stack, base_dims
-            raise RuntimeError("a model run keeps pausing while it is being closed")
+            return step()
         finally:
-            stack[:], dims[:] = base_stack, base_dims
+            self.stack, self.dims = stack[:], dims[:]
+            stack[:], dims[:] = base
 
 
 def pause(request):
@@ -102,7 +96,7 @@ def lockstep(calls, answer) -> list:
         failure = None
         for run in runs:  # every run is closed, even if closing one fails
             try:
-                run.close()
+                run.close(base)
             except Exception as e:
                 failure = failure or e
         if failure is not None and sys.exc_info()[0] is None:

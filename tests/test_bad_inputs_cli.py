@@ -24,11 +24,8 @@ STYLE = get_style("baidu2011")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "baidu2011.pt"
-    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
-                 "--seed", "0", "--quiet"]) == 0
-    return path
+def tiny(baidu2011_breaker):
+    return baidu2011_breaker(64)
 
 
 def _run(argv, capsys):

@@ -19,11 +19,8 @@ from infcomp_models.captcha.breaker import (char_accuracy, char_confusions, comp
 
 
 @pytest.fixture(scope="module")
-def breaker(tmp_path_factory):
-    path = tmp_path_factory.mktemp("breaker") / "baidu2011.pt"
-    assert main(["compile", "--style", "baidu2011", "--traces", "256", "--out", str(path), "--workers", "0",
-                 "--seed", "0", "--quiet"]) == 0
-    return path
+def breaker(baidu2011_breaker):
+    return baidu2011_breaker(256)
 
 
 def test_compile_writes_a_breaker_and_a_loss_curve(breaker):
