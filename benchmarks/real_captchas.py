@@ -56,6 +56,7 @@ def main():
             print(run(["compile", "--style", scheme, "--minutes", str(args.minutes), "--out", str(model), "--quiet"]).strip(), flush=True)
         files = sorted(str(f) for f in (SHARED / scheme).glob("*.png"))
         wider = (["--bandwidth", str(args.bandwidth)] if args.bandwidth else []) + ["--temperature", str(args.temperature)]
+        wider += ["--weighted"] if args.bandwidth or args.temperature != 1.0 else []  # they change weighted reads only
         result = json.loads(run(["break", str(model), *files, *wider, "--particles", str(args.particles), "--json",
                                  "--reliability", str(out / f"{scheme}.reliability.png"),
                                  "--gallery", str(out / f"{scheme}.gallery.png")]))

@@ -8,6 +8,8 @@ from . import abc, diagnostics
 from .files import load
 from .guide import Guide
 from .infer import greedy, infer
+from .marginal import GuideMarginal, guide_marginal
+from .recalibrate import Recalibration, fit_recalibration
 from .nn.encoders import CNNConfig
 from .nn.network import NetworkConfig
 from .nn.proposals import ProposalFamily, register_family
@@ -16,7 +18,7 @@ from .temper import temper
 from .train import Callback, RunStats, compile
 
 __all__ = [
-    "compile", "infer", "greedy", "temper", "load", "Guide", "Posterior", "Marginal", "abc", "diagnostics",
+    "compile", "infer", "greedy", "guide_marginal", "GuideMarginal", "fit_recalibration", "Recalibration", "temper", "load", "Guide", "Posterior", "Marginal", "abc", "diagnostics",
     "NetworkConfig", "CNNConfig", "ProposalFamily", "register_family", "Callback", "RunStats",
 ]
 __version__ = "0.1.0"

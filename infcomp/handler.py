@@ -239,16 +239,23 @@ class Proposer:
     """Answers the requests of ``num_rows`` runs with one network step per group (the ``answer``
     of :func:`~infcomp.lockstep.lockstep`); it keeps each run's LSTM state as a row.
 
-    :param per_observation: run ``i`` reads observation ``i`` of the state (a batched read of
-        many observations); otherwise every run reads the state's one observation.
+    :param per_observation: ``k``: runs ``k i .. k i + k - 1`` read observation ``i`` of the state
+        (``True``: one run each, a batched read of many observations); ``0`` or ``False``: every run
+        reads the state's one observation.
     :param greedy: reply with the proposals' point estimates (and no ``log q``).
+    :param greedy_first: with ``per_observation``, the first run of each observation takes the point
+        estimates and the others sample; every reply has its ``log q`` (of the proposal that drew it).
     """
 
-    def __init__(self, state: ObservationState, num_rows: int, *, per_observation=False, greedy=False):
+    def __init__(self, state: ObservationState, num_rows: int, *, per_observation=False, greedy=False,
+                 greedy_first=False):
         self.state = state
         self.network = state.network
         self.greedy = greedy
-        self.per_observation = per_observation
+        self.per_observation = int(per_observation)
+        if greedy_first and not self.per_observation:
+            raise ValueError("greedy_first needs per_observation: the first run of each observation is greedy")
+        self.greedy_first = greedy_first
         hc, self.prev = self.network.initial_state(state.obs_e, num_rows)
         self.hc = [(h.clone(), c.clone()) for h, c in hc]
 
@@ -266,7 +273,8 @@ class Proposer:
             return self._propose(name, family, idx, context, stacked, requests[0].event_dim)
 
     def _propose(self, name, family, idx, context, stacked, event_dim):
-        rows = Rows(idx, torch.zeros_like(idx), 1) if self.per_observation else None
+        k = self.per_observation
+        rows = Rows(idx // k, idx % k, k) if k else None
         params, new = self.state.params([(h[idx], c[idx]) for h, c in self.hc], self.prev[idx], name, rows)
         for (h, c), (h_new, c_new) in zip(self.hc, new):
             h[idx], c[idx] = h_new, c_new
@@ -278,6 +286,11 @@ class Proposer:
         else:
             proposal = _transformed(name, family.proposal(params, context))
             values = proposal.sample()
+            if self.greedy_first:
+                first = rows.slot == 0
+                if bool(first.any()):
+                    point = family.point(params, context).to(values.dtype)
+                    values = torch.where(first.reshape((-1,) + (1,) * (values.dim() - 1)), point, values)
             log_q = _rows(_sum_events(proposal.log_prob(values), event_dim))
             log_p = none if stacked is None else _rows(_sum_events(stacked.log_prob(values), event_dim))
         self.prev[idx] = self.network.embed_value(name, values, context)

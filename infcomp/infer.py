@@ -278,11 +278,9 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
     guide.bind_model(model, model_args, model_kwargs)
     many = isinstance(observation, (list, tuple))
     observations = [guide.check_observation(o) for o in (observation if many else [observation])]
-    names = (stop_before,) if isinstance(stop_before, str) else () if stop_before is None else stop_before
-    if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
+    stops = _stop_names(stop_before)
     _positive_int("chunk_size", chunk_size)
-    read = functools.partial(_greedy_pass, model, frozenset(names), guide.observe, model_args, model_kwargs)
+    read = functools.partial(_greedy_pass, model, stops, guide.observe, model_args, model_kwargs)
     reads = []
     with torch.no_grad(), pyro.validation_enabled(False):
         for start in range(0, len(observations), chunk_size if batch else 1):
@@ -298,6 +296,14 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
             with limited_threads():  # the runs' small steps: extra threads only contend
                 reads.extend(lockstep(calls, proposer.answer))
     return reads if many else reads[0]
+
+
+def _stop_names(stop_before) -> frozenset:
+    """``stop_before`` (a site name, names, or None) as a set of names; TypeError for anything else."""
+    names = (stop_before,) if isinstance(stop_before, str) else () if stop_before is None else stop_before
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"stop_before must be a site name or a list of site names, got {stop_before!r}")
+    return frozenset(names)
 
 
 def _greedy_pass(model, stops, observe, model_args, model_kwargs, obs, proposer) -> dict:

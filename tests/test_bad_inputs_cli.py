@@ -225,11 +225,11 @@ def test_a_files_reading_does_not_depend_on_its_place_in_the_list(tiny, tmp_path
     files = [str(_draw(40 + i, tmp_path)[0]) for i in range(2)]
     reads = []
     for order in (files, files[::-1]):
-        rc, out, _ = _run(["break", str(tiny), *order, "--particles", "6", "--bandwidth", "50", "--json"], capsys)
+        rc, out, _ = _run(["break", str(tiny), *order, "--particles", "6", "--weighted", "--bandwidth", "50", "--json"], capsys)
         assert rc == 0
         reads.append({r["file"]: (r["reading"], r["probability"], r["ess"]) for r in json.loads(out)["readings"]})
     assert reads[0] == reads[1]
-    _, out, _ = _run(["break", str(tiny), files[0], "--particles", "6", "--bandwidth", "50", "--seed", "1", "--json"],
+    _, out, _ = _run(["break", str(tiny), files[0], "--particles", "6", "--weighted", "--bandwidth", "50", "--seed", "1", "--json"],
                      capsys)
     assert json.loads(out)["readings"][0]["ess"] != reads[0][files[0]][2]  # --seed still changes the particles
 

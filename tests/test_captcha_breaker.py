@@ -166,7 +166,7 @@ def test_a_text_only_read_reweighs_the_same_particles_by_the_text_alone(breaker,
     values = next(v for v in draws if int(v["num_arcs"]) > 0)  # the clutter latents are drawn, and render nothing
     assert not np.array_equal(style.render_values(values), text.render_values(values))
     assert np.array_equal(text.render_values(values), text.render_values(dict(values, num_arcs=torch.tensor(0))))
-    assert main(["evaluate", str(breaker), "-n", "2", "--posterior-n", "2", "--particles", "4", "--text-only",
+    assert main(["evaluate", str(breaker), "-n", "2", "--posterior-n", "2", "--particles", "4", "--weighted", "--text-only",
                  "--json", "--gallery", ""]) == 0
     assert json.loads(capsys.readouterr().out)["text_only"] is True
 
@@ -175,21 +175,21 @@ def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):
     """A wider read-time kernel changes only the image's log density: on the same particles
     (same seed) the weights tend to p/q as the bandwidth grows, far flatter than the pixel
     kernel's at the compiled bandwidth, where one particle takes nearly all the weight."""
-    from infcomp_models.captcha.breaker import load_breaker, read_posterior
+    from infcomp_models.captcha.breaker import load_breaker, read_weighted
 
     image, _ = get_style("baidu2011").sample(7)
     ess = []
     for bw in (None, 50.0):
         guide, style = load_breaker(breaker, bw)
-        ess.append(read_posterior(style, guide, image, particles=16, seed=3).ess)
+        ess.append(read_weighted(style, guide, image, particles=16, seed=3).ess)
     assert ess[0] < 2 < 8 < ess[1]
     rel = tmp_path / "rel.png"
-    assert main(["evaluate", str(breaker), "-n", "3", "--posterior-n", "3", "--particles", "4", "--bandwidth", "0.4",
+    assert main(["evaluate", str(breaker), "-n", "3", "--posterior-n", "3", "--particles", "4", "--weighted", "--bandwidth", "0.4",
                  "--temperature", "2", "--json", "--gallery", "", "--reliability", str(rel)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["bandwidth"] == 0.4 and result["temperature"] == 2.0 and rel.exists()
     assert 0.0 <= result["brier"] <= 1.0 and 0.0 <= result["calibration_error"] <= 1.0
-    assert main(["evaluate", str(breaker), "-n", "1", "--bandwidth", "0"]) == 2
+    assert main(["evaluate", str(breaker), "-n", "1", "--weighted", "--bandwidth", "0"]) == 2
     assert "bandwidth must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit) as bad:
         main(["evaluate", str(breaker), "-n", "1", "--temperature", "0.5"])

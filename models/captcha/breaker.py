@@ -1,13 +1,21 @@
 """Compile a CAPTCHA breaker for a style, and read images with it.
 
-Two reads:
+Three reads:
 
 * :func:`read_greedy`: one pass of the guide up to the last letter, taking the most probable letters (fast).
-* :func:`read_posterior`: importance sampling with the guide; readings ranked by
-  posterior probability (the sum of normalised weights of the particles that spell them).
+* :func:`read_posterior`: the guide's own posterior over the text, ``q(text | image)``
+  (:func:`infcomp.guide_marginal`): the letters are proposed before any layout, distortion or
+  clutter latent, so the probability of a text is exact under the guide with all of those
+  marginalised, and no image is rendered.  The readings found are the greedy one and those of
+  ``samples - 1`` draws from the guide; the most probable is the reading.  Its probability is
+  recalibrated (:func:`infcomp.fit_recalibration`) by a map fitted on fresh draws of the style
+  (:func:`reading_calibration`), never on real images.
+* :func:`read_weighted`: importance sampling with the guide under the style's ABC kernel.  Its
+  weights rest on clutter no guide can infer (``noise_seed``), so the probabilities it states are
+  over-confident; it is kept for comparison.
 
-Both read any image; :func:`unlike_style` says when an image is unlike everything the style draws (blank,
-black, noise), so that its reading means nothing whatever probability the posterior gives it.
+All read any image; :func:`unlike_style` says when an image is unlike everything the style draws (blank,
+black, noise), so that its reading means nothing whatever probability it gets.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ __all__ = [
     "load_image",
     "read_greedy",
     "read_posterior",
+    "read_weighted",
+    "reading_calibration",
     "Reading",
     "char_accuracy",
     "IMAGE_RULE",
@@ -208,15 +218,64 @@ def read_greedy(style, guide, image):
 
 @dataclass
 class Reading:
+    """A reading and its probability of being right; ``alternatives``: ``[(text, probability)]``, best first,
+    under the read's own posterior (the guide's ``q(text | image)`` for :func:`read_posterior`, so not
+    recalibrated); ``found``: the guide's mass on the texts found (:func:`read_posterior`); ``ess``: the
+    effective sample size (:func:`read_weighted`)."""
+
     text: str
     probability: float
-    alternatives: list = field(default_factory=list)  # [(text, probability)], best first
+    alternatives: list = field(default_factory=list)
     ess: float = 0.0
+    found: float = 0.0
 
 
-def read_posterior(style, guide, image, particles=100, seed=None, temperature=1.0, batch=True) -> Reading:
-    """Importance sampling with the guide; ``temperature > 1`` flattens its discrete
-    proposals (letters, font) first (see :mod:`infcomp.temper`).  ``batch``: as :func:`infcomp.infer`'s."""
+#: Posterior reads: the guide's draws per image (the first is its greedy pass).
+READ_SAMPLES = 32
+#: :func:`reading_calibration`'s fresh draws of the style, and the seed they are drawn from (far from the
+#: seeds of ``infcomp evaluate``'s draws, and never those of a training stream).
+CALIBRATION_DRAWS, CALIBRATION_SEED = 400, 3_000_017
+
+
+def _marginals(style, guide, images, samples, seed):
+    return infcomp.guide_marginal(style.model, guide, list(images), stop_before=style.after_text,
+                                  function=style.reading, num_samples=samples, seed=seed)
+
+
+def reading_calibration(style, guide, draws=CALIBRATION_DRAWS) -> infcomp.Recalibration:
+    """The map from the guide's probability of its best reading to the share of such readings right,
+    fitted on ``draws`` fresh draws of the style read as :func:`read_posterior` reads by default
+    (:data:`READ_SAMPLES` draws each; the best reading's probability is exact whatever the number,
+    which changes only how often a better one is found).  Kept in the guide's metadata (saved with
+    it) for the traces it was fitted at; refitted once the guide has trained on more."""
+    meta, samples = guide.metadata, READ_SAMPLES
+    if meta.get("calibration_traces") == guide.traces_trained and meta.get("calibration_draws") == draws:
+        return infcomp.Recalibration(meta["calibration_slope"], meta["calibration_intercept"], meta["calibration_draws"])
+    drawn = get_style(style.name)  # draws come from the style as compiled
+    images, texts = zip(*[drawn.sample(CALIBRATION_SEED + i) for i in range(draws)])
+    tops = [m.top for m in _marginals(style, guide, images, samples, CALIBRATION_SEED)]
+    fit = infcomp.fit_recalibration([p for _, p in tops], [t == text for (t, _), text in zip(tops, texts)])
+    meta.update(calibration_slope=fit.slope, calibration_intercept=fit.intercept, calibration_draws=fit.num_draws,
+                calibration_traces=guide.traces_trained)
+    return fit
+
+
+def read_posterior(style, guide, image, samples=READ_SAMPLES, seed=None):
+    """The most probable text under the guide's posterior ``q(text | image)``, with its recalibrated
+    probability (see the module's docstring); for a list of images, a list of readings (read together)."""
+    calibrate = reading_calibration(style, guide)
+    many = isinstance(image, (list, tuple))
+    readings = []
+    for m in _marginals(style, guide, image if many else [image], samples, seed):
+        text, q = m.top
+        readings.append(Reading(text, calibrate(q), list(m.probabilities.items())[:5], found=m.found))
+    return readings if many else readings[0]
+
+
+def read_weighted(style, guide, image, particles=100, seed=None, temperature=1.0, batch=True) -> Reading:
+    """Importance sampling with the guide; readings ranked by their share of the normalised weights;
+    ``temperature > 1`` flattens its discrete proposals (letters, font) first (see :mod:`infcomp.temper`).
+    ``batch``: as :func:`infcomp.infer`'s."""
     with infcomp.temper(temperature):
         post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed, batch=batch)
     ranked = list(post.probabilities(style.reading).items())

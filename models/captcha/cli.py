@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -82,6 +83,24 @@ _not_negative = _integer(0, "must be 0 or a positive integer")
 _particles = _integer(0, "must be 0 (greedy reads only) or a positive count of particles")
 _positive_int = _integer(1, "expected a positive integer")
 _count = _integer(0, "expected 0 or a positive integer")
+
+
+def _probability(text):
+    try:
+        p = float(text)
+    except ValueError:
+        p = math.nan
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text!r}")
+    return p
+
+
+def _weighted_only(args):
+    """ValueError naming the first --weighted option given without --weighted (it would change nothing)."""
+    for option, given in (("--bandwidth", args.bandwidth is not None), ("--text-only", args.text_only),
+                          ("--temperature", args.temperature != 1.0)):
+        if given and not args.weighted:
+            raise ValueError(f"{option} changes only importance-weighted reads: add --weighted, or leave it out")
 
 
 def _temperature(text):
@@ -221,7 +240,23 @@ def _compile_locked(args, style, out):
         f"total {guide.traces_trained} traces -> {run.saved_to or 'NOT SAVED'}"
         + (f"; loss curve {curve}" if curve else "")
     )
+    if run.saved_to:
+        _save_calibration(style, guide, out)
     return 0 if run.saved_to else 1
+
+
+def _save_calibration(style, guide, out):
+    """Fit the reading probabilities' recalibration (:func:`breaker.reading_calibration`) and save it with the
+    breaker; a failed save leaves the breaker as compiled (its reads then fit it themselves)."""
+    fit, dt = breaker.timed(breaker.reading_calibration, style, guide)
+    try:
+        guide.save(out)
+    except OSError as e:
+        print(f"warning: the reading calibration could not be saved in {out} ({e}); reads will fit it again",
+              file=sys.stderr)
+        return
+    print(f"reading probabilities recalibrated on {fit.num_draws} fresh draws in {dt:.0f} s "
+          f"(logit slope {fit.slope:.2f}, intercept {fit.intercept:+.2f}) -> {out}")
 
 
 def _reliability_plot(probs, correct, path, title):
@@ -251,6 +286,56 @@ def _reliability_plot(probs, correct, path, title):
     fig.savefig(path, dpi=110)
 
 
+#: The shares of the readings (the most probable first) whose accuracy the summaries report.
+COVERAGES = (0.9, 0.5)
+
+
+def _accuracy_by_coverage(probs, correct):
+    """``(coverage [n], accuracy [n])``: the accuracy on the ``k`` most probable readings, over ``n``, for each ``k``."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(probs, dtype=float), kind="stable")
+    right = np.asarray(correct, dtype=float)[order]
+    k = np.arange(1, len(right) + 1)
+    return k / len(right), np.cumsum(right) / k
+
+
+def _at_coverage(probs, correct) -> dict:
+    """``{"90%": accuracy, ...}`` on the most probable share of the readings, for each of :data:`COVERAGES`."""
+    cover, acc = _accuracy_by_coverage(probs, correct)
+    return {f"{c:.0%}": float(acc[max(0, math.ceil(c * len(acc)) - 1)]) for c in COVERAGES}
+
+
+def _coverage_plot(probs, correct, path, title):
+    from matplotlib.figure import Figure
+
+    cover, acc = _accuracy_by_coverage(probs, correct)
+    fig = Figure(figsize=(4.2, 4))
+    ax = fig.subplots()
+    ax.plot(100 * cover, 100 * acc, "-", label="answer the most probable first")
+    ax.axhline(100 * acc[-1], color="k", ls="--", lw=1, label="answer all")
+    ax.set_xlabel("share answered (%)")
+    ax.set_ylabel("share of the answers right (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 101)
+    ax.set_title(title, size=9)
+    ax.legend(loc="lower left", prop={"size": 8})
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _abstain(rows, p_min) -> dict:
+    """Mark the rows whose posterior reading's probability is below ``p_min`` unanswered; the share answered,
+    and the accuracy on the answered labelled rows."""
+    read = [r for r in rows if "probability" in r]
+    for r in read:
+        r["answered"] = r["probability"] >= p_min
+    answered = [r for r in read if r["answered"]]
+    labelled = [r for r in answered if r.get("label") is not None]
+    return {"min_probability": p_min, "answered_share": len(answered) / len(read) if read else None,
+            "accuracy_answered": sum(r["posterior"] == r["label"] for r in labelled) / len(labelled) if labelled else None}
+
+
 def _summary(rows, greedy_ms, posterior_ms):
     labelled = [r for r in rows if r.get("label") is not None]
     out = {"n": len(rows), "ms_per_captcha": {"greedy": greedy_ms, "posterior": posterior_ms}}
@@ -269,6 +354,7 @@ def _summary(rows, greedy_ms, posterior_ms):
         )
         if post:
             out.update(_calibration(*_scored(rows)))
+            out["accuracy_at_coverage"] = _at_coverage(*_scored(rows))
     return out
 
 
@@ -302,9 +388,10 @@ def file_seed(path, seed: int) -> int:
 
 
 def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds, progress, temperature=1.0,
-              unlike=None):
+              unlike=None, weighted=False):
     """Read each image; ``seeds[i]`` seeds image i's posterior read; ``unlike[i]``, where given and not None,
-    says why image i is unlike the style: its reading is then given probability 0."""
+    says why image i is unlike the style: its reading is then given probability 0.  The posterior read is
+    :func:`breaker.read_posterior` with ``particles`` draws, or with ``weighted`` :func:`breaker.read_weighted`."""
     from tqdm.auto import tqdm
 
     rows, t_post, n_post = [], 0.0, 0
@@ -318,6 +405,8 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
             t_greedy += dt
             shown.update(len(texts))
     reads = sum(particles > 0 and i < posterior_n and unlike[i] is None for i in range(len(images)))
+    if reads and not weighted:
+        breaker.reading_calibration(style, guide)  # fitted once (unless the breaker file holds it), not timed per read
     shown = tqdm(total=reads, disable=not progress or not reads, desc="reading (posterior)", unit="captcha", **bar)
     for i, (image, label, name) in enumerate(zip(images, labels, names)):
         text = greedy[i]
@@ -325,14 +414,18 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
         if unlike[i] is not None:
             row.update(unlike_style=unlike[i])
             if particles > 0 and i < posterior_n:
-                row.update(posterior=text, probability=0.0, alternatives=[], ess=0.0)
+                row.update(posterior=text, probability=0.0, alternatives=[])
         elif particles > 0 and i < posterior_n:
-            reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seeds[i], temperature)
+            if weighted:
+                reading, dt = breaker.timed(breaker.read_weighted, style, guide, image, particles, seeds[i], temperature)
+            else:
+                reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seeds[i])
             t_post += dt
             n_post += 1
             shown.update(1)
             row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
-                       alternatives=reading.alternatives, ess=reading.ess)
+                       alternatives=reading.alternatives)
+            row.update({"ess": reading.ess} if weighted else {"found": reading.found})
         if label is not None:
             row["char_accuracy"] = breaker.char_accuracy(row["reading"], label)
         rows.append(row)
@@ -347,7 +440,8 @@ def _print_rows(rows):
         mark = "" if r.get("label") is None else ("  ok" if r["reading"] == r["label"] else f"  WRONG (label {r['label']})")
         p = f"  p={r['probability']:.3f}" if "probability" in r else ""
         unlike = "  (unlike the style's images)" if r.get("unlike_style") else ""
-        print(f"{r['file']}: {r['reading']}{p}{unlike}{mark}")
+        unanswered = "  (no answer: below --min-probability)" if r.get("answered") is False else ""
+        print(f"{r['file']}: {r['reading']}{p}{unlike}{unanswered}{mark}")
 
 
 def _print_summary(s):
@@ -365,6 +459,12 @@ def _print_summary(s):
                   f"{100 * s['accuracy_when_confident']:.1f}% right")
         if "brier" in s:
             print(f"calibration: Brier score {s['brier']:.3f}, expected calibration error {s['calibration_error']:.3f}")
+            print("accuracy answering only the most probable readings: "
+                  + ", ".join(f"{acc:.1%} of {share}" for share, acc in s["accuracy_at_coverage"].items()))
+    a = s.get("abstain")
+    if a and a["answered_share"] is not None:
+        print(f"answered where p >= {a['min_probability']:g}: {a['answered_share']:.1%} of the readings"
+              + (f", {a['accuracy_answered']:.1%} of them right" if a["accuracy_answered"] is not None else ""))
 
 
 def _gallery(rows, images, path, n=16):
@@ -419,19 +519,29 @@ def _load_files(files, style, seed):
     return images, labels, names, seeds, unlike, errors
 
 
+def _plots(args, rows, title):
+    """The reliability and coverage plots asked for (of the labelled posterior reads), and the abstention figures."""
+    probs, correct = _scored(rows)
+    if args.reliability and probs:
+        _reliability_plot(probs, correct, args.reliability, title(len(probs)))
+    if args.coverage and probs:
+        _coverage_plot(probs, correct, args.coverage, title(len(probs)))
+    return {} if args.min_probability is None else {"abstain": _abstain(rows, args.min_probability)}
+
+
 def cmd_break(args):
+    _weighted_only(args)
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels, names, seeds, unlike, errors = _load_files(args.files, style, args.seed)
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
-                                         seeds, not args.json, args.temperature, unlike)
+                                         seeds, not args.json, args.temperature, unlike, args.weighted)
     note = _unlabelled_note(names, labels, style)
     summary = {"style": style.name, **_summary(rows, greedy_ms, post_ms)}
-    summary.update(bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
-                   image_rule=breaker.IMAGE_RULE, unlabelled=sum(label is None for label in labels),
+    summary.update(_plots(args, rows, lambda n: f"{style.name}: {n} images"))
+    summary.update(read="weighted" if args.weighted else "guide", bandwidth=style.bandwidth, text_only=style.text_only,
+                   temperature=args.temperature, image_rule=breaker.IMAGE_RULE,
+                   unlabelled=sum(label is None for label in labels),
                    unlike_style=sum(why is not None for why in unlike), errors=errors, readings=rows)
-    probs, correct = _scored(rows)
-    if args.reliability and probs:
-        _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} images")
     if args.gallery and rows:
         _gallery(rows, images, args.gallery)
     if args.json:
@@ -483,6 +593,9 @@ def _letters(style):
 
 
 def cmd_evaluate(args):
+    if args.coverage == "" and args.gallery:
+        args.coverage = str(Path(args.gallery).with_suffix("")) + "-coverage.png"
+    _weighted_only(args)
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels = [], []
     drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever it reads with
@@ -492,13 +605,14 @@ def cmd_evaluate(args):
         labels.append(text)
     names = [f"draw {i}" for i in range(args.n)]
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, args.posterior_n,
-                                         [args.seed + i for i in range(args.n)], not args.json, args.temperature)
+                                         [args.seed + i for i in range(args.n)], not args.json, args.temperature,
+                                         weighted=args.weighted)
     summary = _summary(rows, greedy_ms, post_ms)
-    summary.update(style=style.name, bandwidth=style.bandwidth, text_only=style.text_only, temperature=args.temperature,
-                   traces_trained=guide.traces_trained)
-    probs, correct = _scored(rows)
-    if args.reliability and probs:
-        _reliability_plot(probs, correct, args.reliability, f"{style.name}: {len(probs)} fresh draws")
+    summary.update(_plots(args, rows, lambda n: f"{style.name}: {n} fresh draws"))
+    summary.update(style=style.name, read="weighted" if args.weighted else "guide", bandwidth=style.bandwidth,
+                   text_only=style.text_only, temperature=args.temperature, traces_trained=guide.traces_trained)
+    if args.coverage and "accuracy_at_coverage" in summary:
+        summary["coverage_plot"] = args.coverage
     if args.gallery:
         _gallery(rows, images, args.gallery)
         summary["gallery"] = args.gallery
@@ -596,18 +710,25 @@ def build_parser():
             s.add_argument("--gallery", default="evaluate.png")
             s.add_argument("--show", type=_not_negative, default=10, help="print this many readings")
             s.add_argument("--reliability", help="write a reliability plot (PNG) of the posterior reads")
-        s.add_argument("--particles", type=_particles, default=100,
-                       help="importance samples per posterior read (0: greedy only)")
+        s.add_argument("--particles", type=_particles, default=breaker.READ_SAMPLES,
+                       help="the guide's draws per posterior read, the first its greedy pass (0: greedy reads "
+                            "only); with --weighted, importance samples")
+        s.add_argument("--min-probability", type=_probability, default=None, metavar="P",
+                       help="answer only where the reading's probability is at least P; report the share "
+                            "answered and the accuracy on it")
+        s.add_argument("--coverage", default=None if name == "break" else "",
+                       help="write an accuracy-against-coverage plot (PNG) of the posterior reads"
+                            + ("" if name == "break" else " (default: beside the gallery, -coverage.png)"))
+        s.add_argument("--weighted", action="store_true",
+                       help="read by importance sampling under the style's ABC kernel instead of the guide's "
+                            "own posterior (over-confident: its weights rest on clutter no guide can infer)")
         s.add_argument("--bandwidth", type=float, default=None,
-                       help="read with this ABC kernel bandwidth instead of the style's own (a wider one "
-                            "tolerates what the model cannot draw and spreads the posterior over more particles)")
+                       help="with --weighted: read with this ABC kernel bandwidth instead of the style's own")
         s.add_argument("--text-only", action="store_true",
-                       help="weigh the posterior's particles by their text alone, rendered without the style's "
-                            "clutter and pixel noise, which fall where an uninferable seed puts them")
+                       help="with --weighted: weigh the particles by their text alone, rendered without the "
+                            "style's clutter and pixel noise")
         s.add_argument("--temperature", type=_temperature, default=1.0,
-                       help="flatten the guide's letter and font proposals q to q^(1/T) for the posterior read, "
-                            "so a guide overconfident on unfamiliar images still tries its second choices "
-                            "(weights stay exact)")
+                       help="with --weighted: flatten the guide's letter and font proposals q to q^(1/T)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
         s.set_defaults(fn=fn)
