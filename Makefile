@@ -22,6 +22,6 @@ demo: $(BIN)/.installed
 	mkdir -p out
 	$(BIN)/infcomp samples --style $(STYLE) -n 32 --out out/$(STYLE)-samples.png
 	$(BIN)/infcomp compile --style $(STYLE) --minutes $(MINUTES) --out out/$(STYLE).pt
-	$(BIN)/infcomp evaluate out/$(STYLE).pt -n 500 --gallery out/$(STYLE)-gallery.png
+	$(BIN)/infcomp evaluate out/$(STYLE).pt -n 500 --posterior-n 500 --gallery out/$(STYLE)-gallery.png
 
 .PHONY: install test demo

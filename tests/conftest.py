@@ -19,7 +19,7 @@ def baidu2011_breaker(tmp_path_factory):
     def make(traces):
         path = tmp_path_factory.mktemp("breaker") / "baidu2011.pt"
         assert main(["compile", "--style", "baidu2011", "--traces", str(traces), "--out", str(path), "--workers", "0",
-                     "--seed", "0", "--quiet"]) == 0
+                     "--seed", "0", "--calibration-draws", "40", "--quiet"]) == 0
         return path
 
     return make

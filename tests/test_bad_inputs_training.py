@@ -89,7 +89,7 @@ CLI_BAD = [
 def test_the_command_line_refuses_bad_budgets(argv, named, tmp_path, capsys):
     out = tmp_path / "b.pt"
     with pytest.raises(SystemExit) as e:
-        main(["compile", "--style", STYLE, "--out", str(out), "--workers", "0", "--quiet", *argv])
+        main(["compile", "--calibration-draws", "0", "--style", STYLE, "--out", str(out), "--workers", "0", "--quiet", *argv])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert named in err and ("positive" in err)
@@ -100,7 +100,7 @@ def test_the_command_line_refuses_bad_budgets(argv, named, tmp_path, capsys):
 def test_the_command_line_refuses_an_unwritable_out_before_training(where, tmp_path, capsys):
     out = where.format(tmp=tmp_path)
     start = time.perf_counter()
-    assert main(["compile", "--style", STYLE, "--out", out, "--traces", "64", "--workers", "0", "--quiet"]) == 2
+    assert main(["compile", "--calibration-draws", "0", "--style", STYLE, "--out", out, "--traces", "64", "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert out in err and "--out" in err and "Traceback" not in err
     assert time.perf_counter() - start < 5
@@ -200,7 +200,7 @@ def test_a_second_compile_on_one_output_is_refused_at_once(tmp_path, capsys):
         with pytest.raises(ValueError, match=rf"checkpoint {path} is in use by another compile"):
             infcomp.compile(model, num_traces=64, checkpoint=path, **FAST)
         assert model.calls == 0
-        assert main(["compile", "--style", STYLE, "--out", str(path), "--traces", "64", "--workers", "0",
+        assert main(["compile", "--calibration-draws", "0", "--style", STYLE, "--out", str(path), "--traces", "64", "--workers", "0",
                      "--quiet"]) == 2
         assert f"--out {path} is in use by another compile" in capsys.readouterr().err
     finally:

@@ -28,7 +28,7 @@ def test_compile_writes_a_breaker_and_a_loss_curve(breaker):
 
 
 def test_compile_resumes(breaker, capsys):
-    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(breaker), "--workers", "0",
+    assert main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(breaker), "--workers", "0",
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "total 320 traces" in out
@@ -36,12 +36,12 @@ def test_compile_resumes(breaker, capsys):
 
 def test_compile_refuses_another_styles_file(breaker, capsys):
     with pytest.raises(SystemExit, match="is a breaker for style 'baidu2011', not 'ebay'"):
-        main(["compile", "--style", "ebay", "--traces", "64", "--out", str(breaker), "--quiet"])
+        main(["compile", "--calibration-draws", "0", "--style", "ebay", "--traces", "64", "--out", str(breaker), "--quiet"])
 
 
 def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_path, capsys):
     path = tmp_path / "wide.pt"
-    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
+    assert main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
                  "--channels", "8,16,24", "--column-rnn", "4", "--memory-columns", "0", "--column-pixels", "4",
                  "--no-conv-refine", "--seed", "0", "--quiet"]) == 0
     guide = infcomp.load(path)
@@ -51,25 +51,25 @@ def test_compile_network_options_build_the_network_and_a_resume_keeps_them(tmp_p
     assert guide.network.attention.columns.hidden_size == 4
     assert guide.network.encoder.memory_len == 24  # the convolutions' own width: 96 pixels over 4
     with pytest.raises(SystemExit, match="was built with --channels 8,16,24, not 16,32,64"):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "16,32,64",
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "16,32,64",
               "--quiet"])
     with pytest.raises(SystemExit, match="was built with --column-rnn 4, not 0"):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "0", "--quiet"])
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "0", "--quiet"])
     with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
     with pytest.raises(SystemExit, match="was built with --no-conv-refine, not --conv-refine"):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--conv-refine", "--quiet"])
-    assert main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--conv-refine", "--quiet"])
+    assert main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--workers", "0",
                  "--column-rnn", "4", "--quiet"]) == 0  # the same options resume
     assert infcomp.load(path).traces_trained == 128
     with pytest.raises(SystemExit):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "8,16"])
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--channels", "8,16"])
     assert "expected three positive integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "-3"])
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-rnn", "-3"])
     assert "--column-rnn: expected 0 or a positive integer, got '-3'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["compile", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "5"])
+        main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(path), "--column-pixels", "5"])
     assert "--column-pixels: invalid choice: 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"channels \(12, 16, 24\): with norm each must be a multiple of 8"):
         infcomp.CNNConfig(channels=(12, 16, 24))
@@ -93,12 +93,12 @@ def test_a_style_sets_its_breakers_network_unless_the_compile_asks_for_another(t
     assert compile_breaker("baidu2011", num_traces=64, workers=0, progress=False).network.encoder.cnn.column_pixels == 8
 
     path = tmp_path / "ebay.pt"
-    assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--quiet"]) == 0
+    assert main(["compile", "--calibration-draws", "0", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--quiet"]) == 0
     assert "new breaker with the style's --column-pixels 4" in capsys.readouterr().out
     assert infcomp.load(path).network.encoder.cnn.column_pixels == 4
     with pytest.raises(SystemExit, match="was built with --column-pixels 4, not 8"):
-        main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
-    assert main(["compile", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--fresh",
+        main(["compile", "--calibration-draws", "0", "--style", "ebay", "--traces", "64", "--out", str(path), "--column-pixels", "8", "--quiet"])
+    assert main(["compile", "--calibration-draws", "0", "--style", "ebay", "--traces", "64", "--out", str(path), "--workers", "0", "--fresh",
                  "--column-pixels", "8", "--quiet"]) == 0
     assert "the style's" not in capsys.readouterr().out
     assert infcomp.load(path).network.encoder.cnn.column_pixels == 8
@@ -141,6 +141,55 @@ def test_evaluate_json(breaker, tmp_path, capsys):
     assert result["n"] == 6 and set(result["ms_per_captcha"]) == {"greedy", "posterior"}
     assert 0.0 <= result["recognition_rate"] <= 1.0
     assert gallery.exists()
+
+
+def test_a_posterior_read_is_the_guides_text_marginal_recalibrated(breaker, monkeypatch):
+    from infcomp_models.captcha import breaker as app
+
+    guide, style = app.load_breaker(breaker)
+    saved = app.reading_calibration(style, guide)  # compile fitted it and saved it with the breaker: no refit here
+    assert guide.metadata["calibration_traces"] == guide.traces_trained and saved.num_draws == 40
+    images, texts = zip(*[style.sample(500 + i) for i in range(8)])
+    readings = app.read_posterior(style, guide, list(images), samples=8, seed=2)
+    marginals = infcomp.guide_marginal(style.model, guide, list(images), stop_before=style.after_text,
+                                       function=style.reading, num_samples=8, seed=2)
+    greedy = app.read_greedy(style, guide, list(images))
+    for r, m, g in zip(readings, marginals, greedy):
+        assert r.text == m.top[0] and r.probability == pytest.approx(saved(m.top[1]))
+        assert r.alternatives == list(m.probabilities.items())[:5] and r.found == m.found
+        assert m.probabilities[r.text] >= m.probabilities[g]  # the greedy reading is among those found
+    # an under-trained breaker says it is unsure: it reads next to nothing right, and says so
+    assert sum(r.text == t for r, t in zip(readings, texts)) <= 2 and max(r.probability for r in readings) < 0.3
+    monkeypatch.setattr(guide, "traces_trained", guide.traces_trained + 1)  # trained on: the map is fitted again
+    monkeypatch.setattr(infcomp, "fit_recalibration", lambda *a, **k: infcomp.Recalibration(2.0, 0.5, 7))
+    assert app.reading_calibration(style, guide) == infcomp.Recalibration(2.0, 0.5, 7)
+
+
+def test_abstaining_and_the_coverage_plot(breaker, tmp_path, capsys):
+    gallery = tmp_path / "g.png"
+    for p_min, answered in ((0.0, 1.0), (1.0, 0.0)):
+        assert main(["evaluate", str(breaker), "-n", "5", "--posterior-n", "5", "--particles", "4", "--json",
+                     "--gallery", str(gallery), "--min-probability", str(p_min)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["abstain"]["answered_share"] == answered and set(result["accuracy_at_coverage"]) == {"90%", "50%"}
+        assert result["coverage_plot"] == str(tmp_path / "g-coverage.png") and (tmp_path / "g-coverage.png").exists()
+    image, text = get_style("baidu2011").sample(3)
+    f = tmp_path / f"{text}.png"
+    Image.fromarray((image.clamp(0, 1).numpy() * 255).astype(np.uint8)).save(f)
+    assert main(["break", str(breaker), str(f), "--particles", "4", "--min-probability", "0.999",
+                 "--coverage", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "(no answer: below --min-probability)" in out and "answered where p >= 0.999: 0.0% of the readings" in out
+    assert (tmp_path / "c.png").exists()
+
+
+def test_accuracy_at_coverage():
+    from infcomp_models.captcha.cli import _at_coverage
+
+    # most probable first: right, right, wrong, right, wrong, ... (ten readings)
+    probs = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    right = [True, True, False, True, False, False, True, False, False, False]
+    assert _at_coverage(probs, right) == {"90%": pytest.approx(4 / 9), "50%": pytest.approx(3 / 5)}
 
 
 def test_a_text_only_read_reweighs_the_same_particles_by_the_text_alone(breaker, capsys):
@@ -260,7 +309,7 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
 
     path = tmp_path / "term.pt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infcomp_models.captcha.cli", "compile", "--style", "baidu2011", "--traces", "100000000",
+        [sys.executable, "-m", "infcomp_models.captcha.cli", "compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "100000000",
          "--out", str(path), "--workers", str(workers), "--batch-size", "16", "--checkpoint-every", "60"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=whole_group,
     )

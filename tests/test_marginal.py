@@ -84,3 +84,19 @@ def test_bad_calls_are_refused_before_any_run(digits_guide):
         infcomp.guide_marginal(two_digits, digits_guide, y, stop_before="z", num_samples=2.5)
     with pytest.raises(ValueError, match="site .y. contains NaN"):
         infcomp.guide_marginal(two_digits, digits_guide, torch.tensor(float("nan")), stop_before="z")
+
+
+def test_recalibration_recovers_a_known_map_and_stays_finite():
+    g = torch.Generator().manual_seed(0)
+    stated = torch.rand(4000, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    truth = infcomp.Recalibration(2.0, -0.5)
+    right = torch.rand(4000, generator=g, dtype=torch.float64) < truth(stated)
+    fit = infcomp.fit_recalibration(stated, right)
+    assert abs(fit.slope - 2.0) < 0.2 and abs(fit.intercept + 0.5) < 0.15 and fit.num_draws == 4000
+    assert infcomp.Recalibration()(0.3) == pytest.approx(0.3)
+    never = infcomp.fit_recalibration([0.3] * 50, [False] * 50)  # all wrong: a finite map that says so
+    assert math.isfinite(never.slope) and never(0.3) < 0.05
+    with pytest.raises(ValueError, match="as many stated probabilities as outcomes"):
+        infcomp.fit_recalibration([0.5, 0.5], [True])
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        infcomp.fit_recalibration([1.5], [True])

@@ -21,7 +21,7 @@ def test_break_real_images_end_to_end(scheme, tmp_path, capsys):
         pytest.skip(f"{folder} is absent: the real CAPTCHAs come from ../shared beside the checkout")
     files = sorted(folder.glob("*.png"))[:4]
     model = tmp_path / f"{scheme}.pt"
-    assert main(["compile", "--style", scheme, "--traces", "128", "--out", str(model), "--workers", "0",
+    assert main(["compile", "--calibration-draws", "40", "--style", scheme, "--traces", "128", "--out", str(model), "--workers", "0",
                  "--seed", "0", "--quiet"]) == 0
     capsys.readouterr()
     reliability = tmp_path / "reliability.png"

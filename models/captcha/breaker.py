@@ -242,15 +242,17 @@ def _marginals(style, guide, images, samples, seed):
                                   function=style.reading, num_samples=samples, seed=seed)
 
 
-def reading_calibration(style, guide, draws=CALIBRATION_DRAWS) -> infcomp.Recalibration:
+def reading_calibration(style, guide, draws=None) -> infcomp.Recalibration:
     """The map from the guide's probability of its best reading to the share of such readings right,
     fitted on ``draws`` fresh draws of the style read as :func:`read_posterior` reads by default
     (:data:`READ_SAMPLES` draws each; the best reading's probability is exact whatever the number,
     which changes only how often a better one is found).  Kept in the guide's metadata (saved with
-    it) for the traces it was fitted at; refitted once the guide has trained on more."""
+    it) for the traces it was fitted at, and refitted (on ``draws``, by default :data:`CALIBRATION_DRAWS`)
+    once the guide has trained on more or where ``draws`` asks for another number."""
     meta, samples = guide.metadata, READ_SAMPLES
-    if meta.get("calibration_traces") == guide.traces_trained and meta.get("calibration_draws") == draws:
+    if meta.get("calibration_traces") == guide.traces_trained and draws in (None, meta.get("calibration_draws")):
         return infcomp.Recalibration(meta["calibration_slope"], meta["calibration_intercept"], meta["calibration_draws"])
+    draws = CALIBRATION_DRAWS if draws is None else draws
     drawn = get_style(style.name)  # draws come from the style as compiled
     images, texts = zip(*[drawn.sample(CALIBRATION_SEED + i) for i in range(draws)])
     tops = [m.top for m in _marginals(style, guide, images, samples, CALIBRATION_SEED)]

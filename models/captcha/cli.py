@@ -240,15 +240,15 @@ def _compile_locked(args, style, out):
         f"total {guide.traces_trained} traces -> {run.saved_to or 'NOT SAVED'}"
         + (f"; loss curve {curve}" if curve else "")
     )
-    if run.saved_to:
-        _save_calibration(style, guide, out)
+    if run.saved_to and args.calibration_draws:
+        _save_calibration(style, guide, out, args.calibration_draws)
     return 0 if run.saved_to else 1
 
 
-def _save_calibration(style, guide, out):
+def _save_calibration(style, guide, out, draws):
     """Fit the reading probabilities' recalibration (:func:`breaker.reading_calibration`) and save it with the
     breaker; a failed save leaves the breaker as compiled (its reads then fit it themselves)."""
-    fit, dt = breaker.timed(breaker.reading_calibration, style, guide)
+    fit, dt = breaker.timed(breaker.reading_calibration, style, guide, draws)
     try:
         guide.save(out)
     except OSError as e:
@@ -683,6 +683,9 @@ def build_parser():
                         "for a new breaker (default: the style's, else CNNConfig's)")
     s.add_argument("--checkpoint-every", type=float, default=5.0,
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
+    s.add_argument("--calibration-draws", type=_not_negative, default=breaker.CALIBRATION_DRAWS, metavar="N",
+                   help="fit the reading probabilities' recalibration on N fresh draws of the style once compiled, "
+                        "and save it with the breaker (0: the first read fits it)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
 
