@@ -11,7 +11,7 @@ across runs; the table says how many traces the breaker has seen in all; ``--min
 with ``OUT/STYLE.pt`` as it is) and reads
 ``--n`` fresh CAPTCHAs drawn from the style's prior with a greedy pass (which stops after the last
 letter: ``read_greedy``; the images read together, 256 at a time, ``ms/greedy`` the time per image), and the first ``--posterior-n`` of them with importance sampling
-(``--particles`` particles, each a whole trace, rendered and weighed; with ``--text-only``, by
+(``infcomp evaluate --weighted``; ``--particles`` particles, each a whole trace, rendered and weighed; with ``--text-only``, by
 their text alone: ``CaptchaStyle.with_text_only``); ``ms/floor`` is the time per image of
 prior importance sampling with as many particles on the first five of them (the model alone,
 run that often: what a posterior read cannot undercut).  Peak
@@ -152,7 +152,7 @@ def main(argv=None):
             labels.append(text)
         rows, greedy_ms, post_ms = _read_all(reader, guide, images, labels, [str(i) for i in range(args.n)],
                                              args.particles, args.posterior_n,
-                                             [args.seed + i for i in range(args.n)], False)
+                                             [args.seed + i for i in range(args.n)], False, weighted=True)
         s = _summary(rows, greedy_ms, post_ms)
         row.update(recognition_greedy=s["recognition_rate_greedy"], recognition_posterior=s.get("recognition_rate_posterior"),
                    char_accuracy=s["char_accuracy"], greedy_ms=greedy_ms, posterior_ms=post_ms,

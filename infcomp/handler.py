@@ -244,7 +244,11 @@ class Proposer:
         reads the state's one observation.
     :param greedy: reply with the proposals' point estimates (and no ``log q``).
     :param greedy_first: with ``per_observation``, the first run of each observation takes the point
-        estimates and the others sample; every reply has its ``log q`` (of the proposal that drew it).
+        estimates and the others sample; every reply has its ``log q`` (the proposal's density at
+        the value, the point estimate's included).
+
+    ValueError unless ``per_observation`` is a non-negative int (or bool) whose rows cover the
+    state's observations exactly, and where ``greedy`` and ``greedy_first`` are both asked for.
     """
 
     def __init__(self, state: ObservationState, num_rows: int, *, per_observation=False, greedy=False,
@@ -252,9 +256,14 @@ class Proposer:
         self.state = state
         self.network = state.network
         self.greedy = greedy
-        self.per_observation = int(per_observation)
-        if greedy_first and not self.per_observation:
-            raise ValueError("greedy_first needs per_observation: the first run of each observation is greedy")
+        k = per_observation
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"per_observation must be a non-negative int, got {k!r}")
+        if k and num_rows != int(k) * len(state.obs_e):
+            raise ValueError(f"{num_rows} rows are not {int(k)} for each of the state's {len(state.obs_e)} observations")
+        if greedy_first and (not k or greedy):
+            raise ValueError("greedy_first needs per_observation, and not greedy: the first run of each observation is greedy")
+        self.per_observation = int(k)
         self.greedy_first = greedy_first
         hc, self.prev = self.network.initial_state(state.obs_e, num_rows)
         self.hc = [(h.clone(), c.clone()) for h, c in hc]

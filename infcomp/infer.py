@@ -308,17 +308,27 @@ def _stop_names(stop_before) -> frozenset:
 
 def _greedy_pass(model, stops, observe, model_args, model_kwargs, obs, proposer) -> dict:
     """One greedy pass of ``model`` on observation ``obs`` under ``proposer``: ``{site: value}``."""
+    lw = LogWeight(weigh=False, observe=observe)
+    if not run_to_stop(model, obs, stops, (proposer, lw), model_args, model_kwargs) and stops:
+        raise never_reached(stops, [*lw.values, *sorted(lw.observed)])
+    return lw.values
+
+
+def run_to_stop(model, obs, stops, handlers, model_args, model_kwargs) -> bool:
+    """Run ``model`` conditioned on ``obs`` under ``handlers`` (entered in order, the first outermost) until it
+    reaches a site named in ``stops`` (``poutine.escape``): True if it stopped there, False if it ran to its end."""
     run = poutine.condition(model, data=obs)
     if stops:
         run = poutine.escape(run, escape_fn=lambda msg: msg["name"] in stops)
-    with proposer, LogWeight(weigh=False, observe=observe) as lw:
+    with contextlib.ExitStack() as stack:
+        for handler in handlers:
+            stack.enter_context(handler)
         try:
             run(*model_args, **model_kwargs)
         except NonlocalExit:
-            return lw.values
-    if stops:
-        raise ValueError(
-            f"stop_before names {sorted(stops)}, but the model reached none of them: "
-            f"it sampled {[*lw.values, *sorted(lw.observed)]}"
-        )
-    return lw.values
+            return True
+    return False
+
+
+def never_reached(stops, sampled) -> ValueError:
+    return ValueError(f"stop_before names {sorted(stops)}, but the model reached none of them: it sampled {list(sampled)}")

@@ -3,10 +3,10 @@
 A guide proposes the sites in the order the model draws them, so the probability it gives the
 values of the sites drawn before some site (``stop_before``) is exact: the product of its
 proposals' probabilities at those sites along the run, whatever it would propose after them.
-Where those sites are discrete and the quantity of interest is a function of them alone (the
-text of a rendered image, drawn before its layout and clutter), this is the guide's posterior
-over that quantity with every later site marginalised, computed exactly, with no importance
-weights and no renderer run.
+Where those sites are discrete and the quantity of interest is a function of them alone (a
+quantity the model draws before its nuisance sites), this is the guide's posterior over that
+quantity with every later site marginalised, computed exactly, with no importance weights and
+without running the rest of the model.
 
 Why trust it: the guide is trained to minimise ``E_p(x, y)[-log q(x | y)]``, whose terms at these
 sites are the cross-entropy of ``q(x_1..k | y)`` against the model's posterior ``p(x_1..k | y)``,
@@ -14,9 +14,9 @@ a strictly proper scoring rule.  To the extent training converged, the probabili
 calibrated on observations drawn from the model (:mod:`~infcomp.diagnostics` checks it).  What
 it assumes: the observation comes from the model, and the guide's network fits it as it fits the
 model's own draws.  The importance-weighted posterior (:func:`~infcomp.infer`) needs no trained
-network to be right in the limit, but where the likelihood is sharp (an ABC kernel on pixels)
-and later sites cannot be inferred (a renderer's noise seed) its weights rest on one particle
-and the probabilities it states are over-confident at any affordable number of particles.
+network to be right in the limit, but where the likelihood is sharp and later sites cannot be
+inferred from the observation, its weights rest on one particle and the probabilities it states
+are over-confident at any affordable number of particles.
 
 Which values are found: per observation, the guide's greedy pass and ``num_samples - 1`` draws
 from it; each distinct set of values gets its exact probability.  A function's probability sums
@@ -32,14 +32,11 @@ import math
 from dataclasses import dataclass
 
 import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import NonlocalExit
 
 from .handler import PausingProposal, Proposer
-from .infer import _positive_int, _stop_names
+from .infer import _positive_int, _stop_names, never_reached, run_to_stop
 from .lockstep import lockstep
 from .rng import fork_rng
 from .threads import limited_threads
@@ -60,7 +57,6 @@ class GuideMarginal:
     probabilities: dict
     found: float
     num_distinct: int
-    draws_log_q: torch.Tensor = None  # [num_samples - 1]: log q of each sampled run's values (not the greedy one)
 
     @property
     def top(self):
@@ -70,7 +66,8 @@ class GuideMarginal:
 
 class _LogProposal(Messenger):
     """Records a run's latent values up to the stop and adds up ``log q`` of each (the proposal's,
-    or the prior's where the prior drew); ValueError naming a continuous site."""
+    or the prior's where the prior drew), unscaled: a probability; ValueError naming a continuous
+    or masked site (a masked element has no probability to give)."""
 
     def __enter__(self):
         self.values, self.log_q = {}, 0.0
@@ -84,10 +81,12 @@ class _LogProposal(Messenger):
                 f"site {msg['name']!r} is continuous ({type(msg['fn']).__name__}), and the guide's marginal is over "
                 "discrete sites only: stop before it (stop_before=) or read it with infer"
             )
+        if msg["mask"] is not None and not bool(torch.as_tensor(msg["mask"]).all()):
+            raise ValueError(f"site {msg['name']!r} is masked: the guide's marginal needs every element's probability")
         log_q = msg["infer"].get("log_q")
         if log_q is None:  # no head: the prior drew
             log_q = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-        self.log_q += float(scale_and_mask(torch.as_tensor(log_q), msg["scale"], msg["mask"]).sum())
+        self.log_q += float(torch.as_tensor(log_q).sum())
         self.values[msg["name"]] = msg["value"]
 
 
@@ -104,12 +103,14 @@ def guide_marginal(model, guide, observation, *, stop_before, function=None, num
     :param function: ``function({site: value}) -> hashable``, e.g. the text the sites spell;
         without it the values are tuples ``((site, value), ...)``.
     :param num_samples: runs per observation (the first is the greedy pass), a positive int.
-    :param chunk_size: runs advanced together (observations are never split across chunks).
+    :param chunk_size: runs advanced together; an observation's runs are never split across chunks,
+        so a chunk holds ``num_samples`` runs where that is more.
     :param seed: as :func:`~infcomp.infer`'s.
 
-    Observations are checked as :func:`~infcomp.infer` checks them, before any run.  ValueError
-    naming the site if a continuous site comes before the stop, and naming the stop if the model
-    never reaches it.
+    Observations are checked as :func:`~infcomp.infer` checks them before any run (finite, of the
+    shape the guide was trained on); the runs end before the model weighs them.  ValueError
+    naming the site if a continuous or masked site comes before the stop, and naming the stop if
+    the model never reaches it.
     """
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
@@ -137,14 +138,11 @@ def guide_marginal(model, guide, observation, *, stop_before, function=None, num
 
 def _prefix_run(model, stops, guide, model_args, model_kwargs, obs):
     """One run of ``model`` on ``obs`` up to the first of ``stops``: its :class:`_LogProposal`."""
-    run = poutine.escape(poutine.condition(model, data=obs), escape_fn=lambda msg: msg["name"] in stops)
-    with PausingProposal(guide.network, guide.observe, guide._warned), _LogProposal() as record:
-        try:
-            run(*model_args, **model_kwargs)
-        except NonlocalExit:
-            return record
-    raise ValueError(f"stop_before names {sorted(stops)}, but the model reached none of them: "
-                     f"it sampled {list(record.values)}")
+    record = _LogProposal()
+    handlers = (PausingProposal(guide.network, guide.observe, guide._warned), record)
+    if not run_to_stop(model, obs, stops, handlers, model_args, model_kwargs):
+        raise never_reached(stops, record.values)
+    return record
 
 
 def _marginal(records, function) -> GuideMarginal:
@@ -156,5 +154,4 @@ def _marginal(records, function) -> GuideMarginal:
         value = key if function is None else function(r.values)
         probabilities[value] = probabilities.get(value, 0.0) + math.exp(r.log_q)
     ranked = dict(sorted(probabilities.items(), key=lambda kv: -kv[1]))
-    draws = torch.tensor([r.log_q for r in records[1:]], dtype=torch.float64)
-    return GuideMarginal(ranked, min(1.0, sum(ranked.values())), len(distinct), draws)
+    return GuideMarginal(ranked, min(1.0, sum(ranked.values())), len(distinct))  # min: the sum's rounding alone

@@ -50,14 +50,18 @@ def fit_recalibration(stated, right, prior_strength: float = 1.0, steps: int = 5
     """The :class:`Recalibration` that best predicts ``right`` (bools) from ``stated`` (probabilities
     in ``[0, 1]``), by Newton's method on the penalised log likelihood.
 
-    ValueError if the two differ in length, are empty, or a stated probability is outside ``[0, 1]``.
+    ValueError if the two differ in length, are empty, a stated probability is outside ``[0, 1]``
+    (naming it), or the fit does not converge.
     """
     p = torch.as_tensor(stated, dtype=torch.float64).reshape(-1)
     y = torch.as_tensor(right, dtype=torch.float64).reshape(-1)
     if len(p) != len(y) or not len(p):
         raise ValueError(f"need as many stated probabilities as outcomes, and at least one: got {len(p)} and {len(y)}")
-    if not bool(((p >= 0) & (p <= 1)).all()):
-        raise ValueError("stated probabilities must lie in [0, 1]")
+    outside = (~((p >= 0) & (p <= 1))).nonzero().flatten().tolist()
+    if outside:
+        raise ValueError(f"stated probabilities must lie in [0, 1]: number {outside[0]} is {float(p[outside[0]])}")
+    if not prior_strength > 0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"need prior_strength > 0 and steps a positive int, got {prior_strength!r} and {steps!r}")
     x = torch.stack([_logit(p), torch.ones_like(p)], -1)  # [N, 2]
     prior = torch.tensor([1.0, 0.0], dtype=torch.float64)
     theta = prior.clone()
@@ -69,6 +73,8 @@ def fit_recalibration(stated, right, prior_strength: float = 1.0, steps: int = 5
         theta = theta - step
         if float(step.abs().max()) < 1e-10:
             break
+    else:
+        raise ValueError(f"the recalibration did not converge in {steps} Newton steps")
     if not all(math.isfinite(v) for v in theta.tolist()):
         raise ValueError("the recalibration did not converge")
     return Recalibration(float(theta[0]), float(theta[1]), len(p))

@@ -10,9 +10,10 @@ Three reads:
   ``samples - 1`` draws from the guide; the most probable is the reading.  Its probability is
   recalibrated (:func:`infcomp.fit_recalibration`) by a map fitted on fresh draws of the style
   (:func:`reading_calibration`), never on real images.
-* :func:`read_weighted`: importance sampling with the guide under the style's ABC kernel.  Its
-  weights rest on clutter no guide can infer (``noise_seed``), so the probabilities it states are
-  over-confident; it is kept for comparison.
+* :func:`read_weighted`: importance sampling with the guide under the style's ABC kernel, for
+  reads that need the nuisance latents too, or a check of the guide against the model's own
+  weights.  The weights rest on clutter no guide can infer (``noise_seed``), so the probabilities
+  it states are over-confident.
 
 All read any image; :func:`unlike_style` says when an image is unlike everything the style draws (blank,
 black, noise), so that its reading means nothing whatever probability it gets.
@@ -233,12 +234,13 @@ class Reading:
 #: Posterior reads: the guide's draws per image (the first is its greedy pass).
 READ_SAMPLES = 32
 #: :func:`reading_calibration`'s fresh draws of the style, and the seed they are drawn from (far from the
-#: seeds of ``infcomp evaluate``'s draws, and never those of a training stream).
+#: seeds of ``infcomp evaluate``'s draws and of a default training stream).
 CALIBRATION_DRAWS, CALIBRATION_SEED = 400, 3_000_017
 
 
 def _marginals(style, guide, images, samples, seed):
-    return infcomp.guide_marginal(style.model, guide, list(images), stop_before=style.after_text,
+    """:func:`infcomp.guide_marginal` of the text, for an image or a list of them."""
+    return infcomp.guide_marginal(style.model, guide, images, stop_before=style.after_text,
                                   function=style.reading, num_samples=samples, seed=seed)
 
 
@@ -247,18 +249,21 @@ def reading_calibration(style, guide, draws=None) -> infcomp.Recalibration:
     fitted on ``draws`` fresh draws of the style read as :func:`read_posterior` reads by default
     (:data:`READ_SAMPLES` draws each; the best reading's probability is exact whatever the number,
     which changes only how often a better one is found).  Kept in the guide's metadata (saved with
-    it) for the traces it was fitted at, and refitted (on ``draws``, by default :data:`CALIBRATION_DRAWS`)
-    once the guide has trained on more or where ``draws`` asks for another number."""
+    it: ``infcomp compile`` does) for the traces, samples and seed it was fitted with, and refitted
+    (on ``draws``, by default :data:`CALIBRATION_DRAWS`) once any of them differs or ``draws`` asks
+    for another number.  ValueError unless ``draws`` is None or a positive int."""
+    if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
     meta, samples = guide.metadata, READ_SAMPLES
-    if meta.get("calibration_traces") == guide.traces_trained and draws in (None, meta.get("calibration_draws")):
+    key = {"calibration_traces": guide.traces_trained, "calibration_samples": samples, "calibration_seed": CALIBRATION_SEED}
+    if all(meta.get(k) == v for k, v in key.items()) and draws in (None, meta.get("calibration_draws")):
         return infcomp.Recalibration(meta["calibration_slope"], meta["calibration_intercept"], meta["calibration_draws"])
     draws = CALIBRATION_DRAWS if draws is None else draws
     drawn = get_style(style.name)  # draws come from the style as compiled
     images, texts = zip(*[drawn.sample(CALIBRATION_SEED + i) for i in range(draws)])
-    tops = [m.top for m in _marginals(style, guide, images, samples, CALIBRATION_SEED)]
+    tops = [m.top for m in _marginals(style, guide, list(images), samples, CALIBRATION_SEED)]
     fit = infcomp.fit_recalibration([p for _, p in tops], [t == text for (t, _), text in zip(tops, texts)])
-    meta.update(calibration_slope=fit.slope, calibration_intercept=fit.intercept, calibration_draws=fit.num_draws,
-                calibration_traces=guide.traces_trained)
+    meta.update(key, calibration_slope=fit.slope, calibration_intercept=fit.intercept, calibration_draws=fit.num_draws)
     return fit
 
 
@@ -267,8 +272,9 @@ def read_posterior(style, guide, image, samples=READ_SAMPLES, seed=None):
     probability (see the module's docstring); for a list of images, a list of readings (read together)."""
     calibrate = reading_calibration(style, guide)
     many = isinstance(image, (list, tuple))
+    marginals = _marginals(style, guide, list(image) if many else image, samples, seed)
     readings = []
-    for m in _marginals(style, guide, image if many else [image], samples, seed):
+    for m in marginals if many else [marginals]:
         text, q = m.top
         readings.append(Reading(text, calibrate(q), list(m.probabilities.items())[:5], found=m.found))
     return readings if many else readings[0]

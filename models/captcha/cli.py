@@ -96,7 +96,10 @@ def _probability(text):
 
 
 def _weighted_only(args):
-    """ValueError naming the first --weighted option given without --weighted (it would change nothing)."""
+    """ValueError naming the first --weighted option given without --weighted, or --min-probability without
+    posterior reads (either would change nothing)."""
+    if args.min_probability is not None and (args.particles == 0 or getattr(args, "posterior_n", 1) == 0):
+        raise ValueError("--min-probability needs posterior reads: give --particles (and --posterior-n) above 0")
     for option, given in (("--bandwidth", args.bandwidth is not None), ("--text-only", args.text_only),
                           ("--temperature", args.temperature != 1.0)):
         if given and not args.weighted:
@@ -353,8 +356,8 @@ def _summary(rows, greedy_ms, posterior_ms):
             sum(r["posterior"] == r["label"] for r in confident) / len(confident) if confident else None
         )
         if post:
-            out.update(_calibration(*_scored(rows)))
-            out["accuracy_at_coverage"] = _at_coverage(*_scored(rows))
+            scored = _scored(rows)
+            out.update(_calibration(*scored), accuracy_at_coverage=_at_coverage(*scored))
     return out
 
 
@@ -405,8 +408,11 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
             t_greedy += dt
             shown.update(len(texts))
     reads = sum(particles > 0 and i < posterior_n and unlike[i] is None for i in range(len(images)))
-    if reads and not weighted:
-        breaker.reading_calibration(style, guide)  # fitted once (unless the breaker file holds it), not timed per read
+    if reads and not weighted:  # fitted here once (unless the breaker file holds it), not timed per read
+        if "calibration_slope" not in guide.metadata and progress:
+            print(f"fitting the reading probabilities' recalibration on {breaker.CALIBRATION_DRAWS} fresh draws "
+                  "(infcomp compile saves it with the breaker)", file=sys.stderr)
+        breaker.reading_calibration(style, guide)
     shown = tqdm(total=reads, disable=not progress or not reads, desc="reading (posterior)", unit="captcha", **bar)
     for i, (image, label, name) in enumerate(zip(images, labels, names)):
         text = greedy[i]
@@ -522,10 +528,11 @@ def _load_files(files, style, seed):
 def _plots(args, rows, title):
     """The reliability and coverage plots asked for (of the labelled posterior reads), and the abstention figures."""
     probs, correct = _scored(rows)
-    if args.reliability and probs:
-        _reliability_plot(probs, correct, args.reliability, title(len(probs)))
-    if args.coverage and probs:
-        _coverage_plot(probs, correct, args.coverage, title(len(probs)))
+    for option, plot in (("reliability", _reliability_plot), ("coverage", _coverage_plot)):
+        if getattr(args, option) and probs:
+            plot(probs, correct, getattr(args, option), title(len(probs)))
+        elif getattr(args, option):
+            _warn(f"no --{option} plot: no image with a label got a posterior read")
     return {} if args.min_probability is None else {"abstain": _abstain(rows, args.min_probability)}
 
 
@@ -685,7 +692,7 @@ def build_parser():
                    help="minutes between saves of --out while compiling (it is also saved at the end and on Ctrl-C)")
     s.add_argument("--calibration-draws", type=_not_negative, default=breaker.CALIBRATION_DRAWS, metavar="N",
                    help="fit the reading probabilities' recalibration on N fresh draws of the style once compiled, "
-                        "and save it with the breaker (0: the first read fits it)")
+                        "and save it with the breaker (0: every read fits it anew)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
 
