@@ -27,23 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-captchas"
+from real_captchas import SHARED, run  # the command line in a child process, and where the real images are
+
 REAL = ("really_simple_captcha", "captcha_images_v2")
-
-
-def run(cmd):
-    proc = subprocess.run([sys.executable, "-m", "infcomp_models.captcha.cli", *cmd], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    return proc.stdout
 
 
 def odd_images(style_name, folder: Path) -> list[str]:
