@@ -28,7 +28,7 @@ def test_compile_writes_a_breaker_and_a_loss_curve(breaker):
 
 
 def test_compile_resumes(breaker, capsys):
-    assert main(["compile", "--calibration-draws", "0", "--style", "baidu2011", "--traces", "64", "--out", str(breaker), "--workers", "0",
+    assert main(["compile", "--calibration-draws", "40", "--style", "baidu2011", "--traces", "64", "--out", str(breaker), "--workers", "0",
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "total 320 traces" in out
