@@ -274,11 +274,8 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
     Every observation is checked as :func:`infer` checks it before any is read; one outside its
     site's support under the pass's values is a ValueError naming the site.
     """
-    model_kwargs = dict(model_kwargs or {})
-    guide.bind_model(model, model_args, model_kwargs)
-    many = isinstance(observation, (list, tuple))
-    observations = [guide.check_observation(o) for o in (observation if many else [observation])]
-    stops = _stop_names(stop_before)
+    model_kwargs, many, observations, stops = bound_reads(model, guide, observation, model_args, model_kwargs,
+                                                          stop_before)
     _positive_int("chunk_size", chunk_size)
     read = functools.partial(_greedy_pass, model, stops, guide.observe, model_args, model_kwargs)
     reads = []
@@ -296,6 +293,16 @@ def greedy(model, guide, observation, *, model_args=(), model_kwargs=None, stop_
             with limited_threads():  # the runs' small steps: extra threads only contend
                 reads.extend(lockstep(calls, proposer.answer))
     return reads if many else reads[0]
+
+
+def bound_reads(model, guide, observation, model_args, model_kwargs, stop_before):
+    """What a read up to ``stop_before`` starts with: the guide bound to the model, and ``(model_kwargs as a
+    dict, many: a list was given, the checked observations, the stop names)``."""
+    model_kwargs = dict(model_kwargs or {})
+    guide.bind_model(model, model_args, model_kwargs)
+    many = isinstance(observation, (list, tuple))
+    observations = [guide.check_observation(o) for o in (observation if many else [observation])]
+    return model_kwargs, many, observations, _stop_names(stop_before)
 
 
 def _stop_names(stop_before) -> frozenset:

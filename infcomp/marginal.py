@@ -36,7 +36,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from .handler import PausingProposal, Proposer
-from .infer import _positive_int, _stop_names, never_reached, run_to_stop
+from .infer import _positive_int, bound_reads, never_reached, run_to_stop
 from .lockstep import lockstep
 from .rng import fork_rng
 from .threads import limited_threads
@@ -112,11 +112,8 @@ def guide_marginal(model, guide, observation, *, stop_before, function=None, num
     naming the site if a continuous or masked site comes before the stop, and naming the stop if
     the model never reaches it.
     """
-    model_kwargs = dict(model_kwargs or {})
-    guide.bind_model(model, model_args, model_kwargs)
-    many = isinstance(observation, (list, tuple))
-    observations = [guide.check_observation(o) for o in (observation if many else [observation])]
-    stops = _stop_names(stop_before)
+    model_kwargs, many, observations, stops = bound_reads(model, guide, observation, model_args, model_kwargs,
+                                                          stop_before)
     if not stops:
         raise ValueError("stop_before names no site: the guide's marginal is over the sites drawn before it")
     _positive_int("num_samples", num_samples)

@@ -95,7 +95,7 @@ def _probability(text):
     return p
 
 
-def _weighted_only(args):
+def _check_read_options(args):
     """ValueError naming the first --weighted option given without --weighted, or --min-probability without
     posterior reads (either would change nothing)."""
     if args.min_probability is not None and (args.particles == 0 or getattr(args, "posterior_n", 1) == 0):
@@ -537,7 +537,7 @@ def _plots(args, rows, title):
 
 
 def cmd_break(args):
-    _weighted_only(args)
+    _check_read_options(args)
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels, names, seeds, unlike, errors = _load_files(args.files, style, args.seed)
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
@@ -602,7 +602,7 @@ def _letters(style):
 def cmd_evaluate(args):
     if args.coverage == "" and args.gallery:
         args.coverage = str(Path(args.gallery).with_suffix("")) + "-coverage.png"
-    _weighted_only(args)
+    _check_read_options(args)
     guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
     images, labels = [], []
     drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever it reads with
