@@ -27,6 +27,8 @@ __all__ = ["save", "load", "check_writable", "output_lock", "FORMAT", "VERSION"]
 
 FORMAT = "infcomp-guide"
 VERSION = 2
+#: What a network setting meant in files saved before the setting existed (they lack its key).
+SETTINGS_BEFORE_THEY_EXISTED = {"tokens": 0}
 
 
 def _plain(run):
@@ -222,7 +224,7 @@ def _network(path, data, encoder, families) -> InferenceNetwork:
         raise ValueError(f"{path} was compiled with your own observation encoder: pass it again as encoder=")
     if encoder is not None and not data["encoder"]["custom"]:
         raise ValueError(f"{path} was compiled with the default observation encoder: load it without encoder=")
-    cfg = NetworkConfig(**data["config"])
+    cfg = NetworkConfig(**{**SETTINGS_BEFORE_THEY_EXISTED, **data["config"]})
     cnn = CNNConfig(**data["encoder"]["cnn"])
     obs_specs = {d["name"]: ObservationSpec.from_dict(d) for d in data["obs_specs"]}
     net = InferenceNetwork(obs_specs, cfg, encoder, cnn, _families(path, data["families"], families))

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import pyro
 import pyro.distributions
-import pyro.poutine as poutine
 from torch.distributions import constraints
 import torch
 from pyro.poutine.messenger import Messenger
@@ -28,6 +27,7 @@ __all__ = [
     "ObservationSpec",
     "TraceRecord",
     "Unobserve",
+    "RecordSites",
     "PriorSampler",
     "site_spec",
     "is_latent",
@@ -156,13 +156,13 @@ def site_spec(name: str, fn, families: dict) -> SiteSpec:
 
 def is_latent(site) -> bool:
     """A sample site the guide proposes for: not observed, deterministic, auxiliary or a plate's subsample."""
-    return (
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and not isinstance(site["fn"], _Subsample)
-        and not site["infer"].get("_deterministic", False)
-        and not site["infer"].get("is_auxiliary", False)
-    )
+    return site["type"] == "sample" and latent_site(site["fn"], site["is_observed"], site["infer"])
+
+
+def latent_site(fn, is_observed, infer) -> bool:
+    """:func:`is_latent` of a sample site from its distribution, observed flag and ``infer`` dict."""
+    return not (is_observed or isinstance(fn, _Subsample) or infer.get("_deterministic", False)
+                or infer.get("is_auxiliary", False))
 
 
 class Unobserve(Messenger):
@@ -177,6 +177,32 @@ class Unobserve(Messenger):
             msg["is_observed"] = False
             msg["value"] = None
             msg["infer"]["was_observed"] = True
+
+
+class RecordSites(Unobserve):
+    """:class:`Unobserve` that also records each sample site as it completes: ``sites`` holds
+    ``(name, fn, value, is_observed, infer)`` in the order the model sampled them.
+
+    One messenger in place of ``poutine.trace`` over :class:`Unobserve`: a prior draw is made
+    for its latent values, and the trace's graph, node copies and second messenger cost a
+    model of many small sites more than its own draws.  Like a trace, it refuses a site name
+    met twice in one run.
+    """
+
+    def __init__(self, names):
+        super().__init__(names)
+        self.sites, self._seen = [], set()
+
+    def __enter__(self):
+        self.sites, self._seen = [], set()
+        return super().__enter__()
+
+    def _pyro_post_sample(self, msg):
+        name = msg["name"]
+        if name in self._seen:
+            raise ValueError(f"the model samples two sites named {name!r} in one run: each sample site needs its own name")
+        self._seen.add(name)
+        self.sites.append((name, msg["fn"], msg["value"], msg["is_observed"], msg["infer"]))
 
 
 class PriorSampler:
@@ -198,7 +224,7 @@ class PriorSampler:
         self.specs: dict[str, SiteSpec] = dict(specs or {})
         self._known = {}  # name -> (prior class, shape): a cheap identity check per trace
         self._warned = set()
-        self._runner = poutine.trace(Unobserve(self.observe)(model))
+        self._recorder = RecordSites(self.observe)
 
     def spec_for(self, name, fn) -> SiteSpec:
         key = (type(fn), fn.batch_shape, fn.event_shape)
@@ -228,28 +254,25 @@ class PriorSampler:
         return spec
 
     def sample(self) -> TraceRecord:
-        with pyro.validation_enabled(self.validate):
-            trace = self._runner.get_trace(*self.args, **self.kwargs)
+        with pyro.validation_enabled(self.validate), self._recorder:
+            self.model(*self.args, **self.kwargs)
         structure, values, contexts, observation = [], [], [], {}
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
+        for name, fn, value, is_observed, infer in self._recorder.sites:
             if name in self.observe:
-                observation[name] = site["value"].detach()
+                observation[name] = value.detach()
                 continue
-            if not is_latent(site):
+            if not latent_site(fn, is_observed, infer):
                 continue
-            fn = site["fn"]
             spec = self.spec_for(name, fn)
-            base, _ = unwrap(fn)
             structure.append(name)
-            values.append(site["value"].detach())
-            contexts.append(self.families[spec.family].context(base).detach())
+            values.append(value.detach())
+            contexts.append(self.families[spec.family].context(unwrap(fn)[0]).detach())
+        sampled = [n for n, *_ in self._recorder.sites]
         missing = [n for n in self.observe if n not in observation]
         if missing:
             raise ValueError(
                 f"observe names site {missing[0]!r}, but the model never samples it "
-                f"(its sample sites: {[n for n, s in trace.nodes.items() if s['type'] == 'sample']})"
+                f"(its sample sites: {sampled})"
             )
         return TraceRecord(tuple(structure), tuple(values), tuple(contexts), observation)
 

@@ -8,9 +8,11 @@ rows (:class:`~infcomp.nn.network.Attention`), so an address can look where in t
 observation its answer lies.  ``L`` and ``M`` must be the same for every batch.
 
 Without a user encoder each observed site gets a default one chosen by its shape: an MLP
-for scalars and vectors, a CNN over image columns (:class:`CNNEncoder`, set up by a
-:class:`CNNConfig`) for images; several sites' summaries are concatenated and mixed by a
-linear layer.  Inputs are standardised with a mean and scale measured on the validation
+for scalars, an MLP summary and a memory of tokens for vectors (:class:`SequenceEncoder`: its
+elements, or chunks of neighbouring elements, in order), a CNN over image columns
+(:class:`CNNEncoder`, set up by a :class:`CNNConfig`) for images; several sites' summaries are
+concatenated and mixed by a linear layer, and their memories' rows, each site's brought to one
+width by a linear map where the widths differ, are laid end to end.  Inputs are standardised with a mean and scale measured on the validation
 traces (buffers, so they travel with saved guides).
 """
 
@@ -20,9 +22,10 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CNNConfig", "MLPEncoder", "CNNEncoder", "ObservationEncoder", "default_encoder"]
+__all__ = ["CNNConfig", "MLPEncoder", "SequenceEncoder", "CNNEncoder", "ObservationEncoder", "default_encoder"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,39 @@ class MLPEncoder(nn.Module):
         return self.net(x.reshape(x.shape[0], -1))
 
 
+class SequenceEncoder(nn.Module):
+    """A vector as a sequence: ``[B, *shape]`` (``n`` elements in all) -> ``(summary [B, dim],
+    memory [B, L, 3 * width])``.
+
+    The tokens are the elements in order, or, past ``max_tokens`` of them, chunks of
+    ``ceil(n / max_tokens)`` neighbouring elements (the last padded with zeros); ``L`` is their
+    count.  Row ``i`` of the memory is a linear embedding of token ``i`` beside the states of a
+    bidirectional GRU along the tokens at ``i``: what lies before it and what lies after it.  A
+    latent tied to element ``i`` (a state-space model's ``x_i`` to its ``y_i``) reads there
+    both its own datum and a summary of the data that bear on it from either side, which is
+    what a smoother computes.  The summary is an :class:`MLPEncoder`'s over the whole vector.
+    """
+
+    def __init__(self, shape, dim, max_tokens, width=32):
+        super().__init__()
+        if max_tokens < 1:
+            raise ValueError(f"SequenceEncoder: max_tokens must be at least 1, got {max_tokens}")
+        n = max(1, math.prod(shape))
+        self.chunk = -(-n // max_tokens)
+        self.memory_len = -(-n // self.chunk)
+        self.pad = self.memory_len * self.chunk - n
+        self.summary = MLPEncoder(shape, dim)
+        self.embed = nn.Linear(self.chunk, width)
+        self.rnn = nn.GRU(width, width, batch_first=True, bidirectional=True)
+        self.memory_dim = 3 * width
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], -1)
+        tokens = F.pad(flat, (0, self.pad)).reshape(x.shape[0], self.memory_len, self.chunk)
+        e = self.embed(tokens)
+        return self.summary(x), torch.cat([e, self.rnn(e)[0]], -1)
+
+
 class CNNEncoder(nn.Module):
     """Strided convolutions (cheap on a CPU), pooled to a grid that keeps the left-to-right layout.
 
@@ -126,9 +162,13 @@ class CNNEncoder(nn.Module):
         return self.head(f), f.permute(0, 3, 1, 2).flatten(2)
 
 
-def default_encoder(shape, dim, cnn: CNNConfig | None = None) -> nn.Module:
-    """An :class:`MLPEncoder` for scalars and vectors, a :class:`CNNEncoder` for images."""
+def default_encoder(shape, dim, cnn: CNNConfig | None = None, tokens: int = 0) -> nn.Module:
+    """An :class:`MLPEncoder` for scalars (and, with ``tokens=0``, vectors), a
+    :class:`SequenceEncoder` of at most ``tokens`` tokens for vectors of two or more elements,
+    a :class:`CNNEncoder` for images."""
     if len(shape) <= 1:
+        if tokens and math.prod(shape) >= 2:
+            return SequenceEncoder(shape, dim, tokens)
         return MLPEncoder(shape, dim)
     if len(shape) in (2, 3):
         return CNNEncoder(shape, dim, cnn)
@@ -146,14 +186,25 @@ def _split(out):
     return out, None
 
 
+def _widen(widths: list):
+    """Linear maps that bring the memories of several sites (``widths``: each default encoder's
+    memory width, 0 for none) to the widest's width, or None where they already agree."""
+    widths = [w for w in widths if w]
+    if len(set(widths)) <= 1:
+        return None
+    return nn.ModuleList(nn.Linear(w, max(widths)) for w in widths)
+
+
 class ObservationEncoder(nn.Module):
     """``{site: [B, *shape]}`` -> ``(summary [B, dim], memory [B, memory_len, memory_dim] or None)``.
 
     ``custom``: the user's encoder (see the module's docstring); otherwise the default encoders,
-    images built by ``cnn``.  ValueError, raised here, if ``custom`` gives the wrong shapes.
+    images built by ``cnn``, vectors' memories of at most ``tokens`` tokens (0: vectors get a
+    summary only).  ValueError, raised here, if ``custom`` gives the wrong shapes.
     """
 
-    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, cnn: CNNConfig | None = None):
+    def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, cnn: CNNConfig | None = None,
+                 tokens: int = 0):
         super().__init__()
         self.names = list(obs_specs)
         self.custom = custom
@@ -161,10 +212,12 @@ class ObservationEncoder(nn.Module):
         self.register_buffer("loc", torch.zeros(len(self.names)))
         self.register_buffer("scale", torch.ones(len(self.names)))
         self.mix = None
+        self.widen = None
         if custom is None:
-            self.per_site = nn.ModuleList(default_encoder(obs_specs[n].shape, dim, self.cnn) for n in self.names)
+            self.per_site = nn.ModuleList(default_encoder(obs_specs[n].shape, dim, self.cnn, tokens) for n in self.names)
             if len(self.names) > 1:
                 self.mix = nn.Sequential(nn.Linear(dim * len(self.names), dim), nn.ReLU())
+            self.widen = _widen([getattr(e, "memory_dim", 0) for e in self.per_site])
         example = {n: torch.zeros((2,) + tuple(obs_specs[n].shape)) for n in self.names}
         with torch.no_grad():
             summary, memory = self(example)
@@ -199,6 +252,8 @@ class ObservationEncoder(nn.Module):
             return _split(self.custom(xs[0] if len(xs) == 1 else dict(zip(self.names, xs))))
         out = [_split(e(x)) for e, x in zip(self.per_site, xs)]
         memories = [m for _, m in out if m is not None]
+        if self.widen is not None:
+            memories = [w(m) for w, m in zip(self.widen, memories)]
         memory = None if not memories else memories[0] if len(memories) == 1 else torch.cat(memories, 1)
         summaries = [s for s, _ in out]
         summary = summaries[0] if self.mix is None else self.mix(torch.cat(summaries, -1))

@@ -60,10 +60,13 @@ class NetworkConfig:
     balance_gradients: bool = True  # see infcomp.nn.balance
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
     column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the memory (see Attention)
+    tokens: int = 128  # a vector observation's memory holds at most this many tokens; 0: a summary only (see encoders)
 
     def __post_init__(self):
         if self.column_rnn < 0:
             raise ValueError(f"column_rnn must be 0 (no GRU along the memory) or a positive width, got {self.column_rnn}")
+        if not isinstance(self.tokens, int) or self.tokens < 0:
+            raise ValueError(f"tokens must be 0 (vectors get a summary only) or a positive count, got {self.tokens!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -228,7 +231,7 @@ class InferenceNetwork(nn.Module):
         self.obs_specs = dict(obs_specs)
         self.extra_families = tuple(families)
         self.families = make_families(self.extra_families, c.mixture_components)
-        self.encoder = ObservationEncoder(self.obs_specs, c.obs_dim, encoder, cnn)
+        self.encoder = ObservationEncoder(self.obs_specs, c.obs_dim, encoder, cnn, c.tokens)
         e = self.encoder
         self.family_embedding = nn.ParameterDict()  # family name -> [family_dim], made with its first address
         self.lstm_in = Layout(obs=e.dim, value=c.value_dim, address=c.address_dim, family=c.family_dim)
