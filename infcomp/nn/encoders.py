@@ -100,7 +100,7 @@ class SequenceEncoder(nn.Module):
     The tokens are the elements in order, or, past ``max_tokens`` of them, chunks of
     ``ceil(n / max_tokens)`` neighbouring elements (the last padded with zeros); ``L`` is their
     count.  Row ``i`` of the memory is a linear embedding of token ``i`` beside the states of a
-    bidirectional GRU along the tokens at ``i``: what lies before it and what lies after it.  A
+    bidirectional LSTM along the tokens at ``i``: what lies before it and what lies after it.  A
     latent tied to element ``i`` (a state-space model's ``x_i`` to its ``y_i``) reads there
     both its own datum and a summary of the data that bear on it from either side, which is
     what a smoother computes.  The summary is an :class:`MLPEncoder`'s over the whole vector.
@@ -116,7 +116,7 @@ class SequenceEncoder(nn.Module):
         self.pad = self.memory_len * self.chunk - n
         self.summary = MLPEncoder(shape, dim)
         self.embed = nn.Linear(self.chunk, width)
-        self.rnn = nn.GRU(width, width, batch_first=True, bidirectional=True)
+        self.rnn = nn.LSTM(width, width, batch_first=True, bidirectional=True)
         self.memory_dim = 3 * width
 
     def forward(self, x):
@@ -233,6 +233,14 @@ class ObservationEncoder(nn.Module):
         if memory is not None and (not torch.is_tensor(memory) or memory.dim() != 3 or memory.shape[0] != 2):
             shape = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
             raise ValueError(f"encoder= must give a memory [B, L, M] beside its summary; it gave {shape}")
+
+    @property
+    def contextual(self) -> bool:
+        """Whether every memory row already carries its context along the memory (every default
+        encoder that gives a memory is a :class:`SequenceEncoder`): attention then needs no
+        recurrent network of its own along the rows to find its place."""
+        with_memory = [e for e in getattr(self, "per_site", ()) if hasattr(e, "memory_dim")]
+        return bool(with_memory) and all(isinstance(e, SequenceEncoder) for e in with_memory)
 
     @property
     def uses_cnn(self) -> bool:

@@ -59,7 +59,7 @@ class NetworkConfig:
     mixture_components: int = 3
     balance_gradients: bool = True  # see infcomp.nn.balance
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
-    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the memory (see Attention)
+    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along an image's memory (see Attention)
     tokens: int = 128  # a vector observation's memory holds at most this many tokens; 0: a summary only (see encoders)
 
     def __post_init__(self):
@@ -237,7 +237,8 @@ class InferenceNetwork(nn.Module):
         self.lstm_in = Layout(obs=e.dim, value=c.value_dim, address=c.address_dim, family=c.family_dim)
         self.head_in = Layout(hidden=c.hidden, obs=e.dim, context=e.memory_dim)
         self.lstm = nn.LSTM(self.lstm_in.size, c.hidden, c.layers)
-        self.attention = Attention(c.hidden, e.memory_dim, e.memory_len, column_rnn=c.column_rnn) if e.memory_dim else None
+        column_rnn = 0 if e.contextual else c.column_rnn  # a sequence's rows carry their context already
+        self.attention = Attention(c.hidden, e.memory_dim, e.memory_len, column_rnn=column_rnn) if e.memory_dim else None
         self.sites = nn.ModuleDict()
         self.balancer = GradientBalancer() if c.balance_gradients else None
         self.specs: dict[str, SiteSpec] = {}
