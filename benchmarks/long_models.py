@@ -1,7 +1,7 @@
 """Many-site models with exact answers: how well a guide compiled for a fixed time keeps its ESS.
 
     python benchmarks/long_models.py [--quick] [--models walk30 hmm50 ...] [--observations 5]
-                                     [--samples 2000] [--seed 0] [--plot benchmarks/long_models.png]
+                                     [--samples 2000] [--seed 0] [--plot out/long_models.png]
 
 Each model (from ``infcomp_models.examples``) is compiled from scratch on defaults for its
 budget in minutes (``infcomp.compile(minutes=...)``, seed fixed), then ``infcomp.infer`` draws
@@ -22,8 +22,8 @@ form for the walk, a Monte-Carlo mean of ``log p(y) - log p(latents, y)`` over 2
 draws for the others).  ``wait`` is the share of the compile's time spent waiting for traces.
 ESS/N and the errors are the mean and the worst over the observations; ``floor`` is the mean
 ``err`` of as many draws from the exact posterior (what Monte-Carlo noise alone gives a perfect
-proposal); ``s/1k`` is inference seconds per 1,000 particles.  ``--plot`` saves a picture of the walk's and the HMM's first
-observation against the exact answer.
+proposal); ``s/1k`` is inference seconds per 1,000 particles.  ``--plot`` saves a picture of
+the walk's and the HMM's first observation against the exact answer.
 """
 
 from __future__ import annotations
@@ -55,11 +55,6 @@ def prior_draws(model, kwargs, n, seed):
     with torch.random.fork_rng():
         pyro.set_rng_seed(seed)
         return [poutine.trace(model).get_trace(**kwargs) for _ in range(n)]
-
-
-def latent_names(trace):
-    return [n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "y"
-            and s["fn"].__class__.__name__ != "_Subsample"]
 
 
 def expected_entropy(kind, kwargs, seed=12_345, draws=2000) -> float:
@@ -197,6 +192,7 @@ def plot(results, path):
         ax.set_title(f"{r['name']}: ESS/N {first['ess']:.2f}, err {first['err']:.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", ncol=4)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"saved {path}")
 
@@ -208,7 +204,7 @@ def main():
     p.add_argument("--observations", type=int, default=5)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", default="benchmarks/long_models.png", help="'' for no picture")
+    p.add_argument("--plot", default="out/long_models.png", help="'' for no picture")
     args = p.parse_args()
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start", flush=True)

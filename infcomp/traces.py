@@ -181,26 +181,26 @@ class Unobserve(Messenger):
 
 class RecordSites(Unobserve):
     """:class:`Unobserve` that also records each sample site as it completes: ``sites`` holds
-    ``(name, fn, value, is_observed, infer)`` in the order the model sampled them.
+    ``(name, fn, value, is_observed, infer)`` in the order the model sampled them (sites Pyro
+    marks ``_do_not_trace`` left out, as a trace leaves them).
 
-    One messenger in place of ``poutine.trace`` over :class:`Unobserve`: a prior draw is made
-    for its latent values, and the trace's graph, node copies and second messenger cost a
-    model of many small sites more than its own draws.  Like a trace, it refuses a site name
-    met twice in one run.
+    One messenger, not a trace: a prior draw is made for its latent values, and a trace's
+    graph, node copies and a second messenger cost a model of many small sites a share of its
+    own draws.  Like a trace, it refuses a name met twice in one run: a ValueError (a model's
+    fault, not a chance failure).  One instance records one run at a time.
     """
 
     def __init__(self, names):
         super().__init__(names)
         self.sites, self._seen = [], set()
 
-    def __enter__(self):
-        self.sites, self._seen = [], set()
-        return super().__enter__()
-
     def _pyro_post_sample(self, msg):
+        if msg["infer"].get("_do_not_trace"):
+            return
         name = msg["name"]
         if name in self._seen:
-            raise ValueError(f"the model samples two sites named {name!r} in one run: each sample site needs its own name")
+            what = "plates" if isinstance(msg["fn"], _Subsample) else "sample sites"
+            raise ValueError(f"the model has two {what} named {name!r} in one run: each needs its own name")
         self._seen.add(name)
         self.sites.append((name, msg["fn"], msg["value"], msg["is_observed"], msg["infer"]))
 
@@ -224,7 +224,6 @@ class PriorSampler:
         self.specs: dict[str, SiteSpec] = dict(specs or {})
         self._known = {}  # name -> (prior class, shape): a cheap identity check per trace
         self._warned = set()
-        self._recorder = RecordSites(self.observe)
 
     def spec_for(self, name, fn) -> SiteSpec:
         key = (type(fn), fn.batch_shape, fn.event_shape)
@@ -254,10 +253,11 @@ class PriorSampler:
         return spec
 
     def sample(self) -> TraceRecord:
-        with pyro.validation_enabled(self.validate), self._recorder:
+        recorder = RecordSites(self.observe)  # one per run: a model that draws inside a draw records apart
+        with pyro.validation_enabled(self.validate), recorder:
             self.model(*self.args, **self.kwargs)
         structure, values, contexts, observation = [], [], [], {}
-        for name, fn, value, is_observed, infer in self._recorder.sites:
+        for name, fn, value, is_observed, infer in recorder.sites:
             if name in self.observe:
                 observation[name] = value.detach()
                 continue
@@ -267,7 +267,7 @@ class PriorSampler:
             structure.append(name)
             values.append(value.detach())
             contexts.append(self.families[spec.family].context(unwrap(fn)[0]).detach())
-        sampled = [n for n, *_ in self._recorder.sites]
+        sampled = [n for n, *_ in recorder.sites]
         missing = [n for n in self.observe if n not in observation]
         if missing:
             raise ValueError(

@@ -39,8 +39,8 @@ def test_hmm_exact_is_enumeration():
         total += w
         for t, z in enumerate(zs):
             brute[t, z] += w
-    assert abs(log_z - math.log(total)) < 1e-6
-    assert torch.allclose(marginals, brute / total, atol=1e-6)
+    assert abs(log_z - math.log(total)) < 1e-5
+    assert torch.allclose(marginals, brute / total, atol=1e-5)
 
 
 def test_mixture_exact_is_enumeration():
@@ -51,10 +51,10 @@ def test_mixture_exact_is_enumeration():
         data = {"z": torch.tensor(zs), "y": y}
         joint[zs] = math.exp(float(poutine.trace(poutine.condition(ex.mixture, data=data)).get_trace(points=3).log_prob_sum()))
     total = sum(joint.values())
-    assert abs(log_z - math.log(total)) < 1e-6
+    assert abs(log_z - math.log(total)) < 1e-5
     for i in range(3):
         for k in range(3):
-            assert abs(float(post[i, k]) - sum(w for zs, w in joint.items() if zs[i] == k) / total) < 1e-6
+            assert abs(float(post[i, k]) - sum(w for zs, w in joint.items() if zs[i] == k) / total) < 1e-5
 
 
 def test_walk_entropy_is_the_mean_of_minus_log_posterior():
@@ -79,21 +79,32 @@ def test_a_vector_observation_is_a_memory_of_tokens_in_order():
     assert (enc.chunk, enc.memory_len) == (3, 4)  # chunks of 3 neighbouring elements, the last padded
     summary, memory = enc(torch.randn(5, 10))
     assert summary.shape == (5, 16) and memory.shape == (5, 4, enc.memory_dim)
-    x = torch.randn(1, 10)
+    x = torch.arange(10.0).reshape(1, 10)
+    own = enc(x)[1][0, :, :32]  # each row's embedding of its own token, before the LSTM's states
+    tokens = torch.tensor([[0.0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 0, 0]])
+    assert torch.allclose(own, enc.embed(tokens), atol=1e-6)
     y = x.clone()
-    y[0, 9] += 1.0  # only the last chunk's own embedding changes; the GRU carries it backwards
-    same = enc.embed(torch.nn.functional.pad(x, (0, 2)).reshape(1, 4, 3))
-    other = enc.embed(torch.nn.functional.pad(y, (0, 2)).reshape(1, 4, 3))
-    assert torch.allclose(same[0, :3], other[0, :3]) and not torch.allclose(same[0, 3], other[0, 3])
-    assert not torch.allclose(enc(x)[1][0, 0], enc(y)[1][0, 0])  # the first row hears of the last element
+    y[0, 9] += 1.0
+    assert torch.allclose(enc(x)[1][0, :3, :32], enc(y)[1][0, :3, :32])  # the first rows' own tokens are unchanged
+    assert not torch.allclose(enc(x)[1][0, 0], enc(y)[1][0, 0])  # but the first row hears of the last element
+
+
+def test_the_sequence_encoders_layout_is_pinned():
+    # a guide file holds these tensors: a change here is a change of the saved layout
+    enc = SequenceEncoder((30,), dim=16, max_tokens=128)
+    rnn = {k: tuple(v.shape) for k, v in enc.state_dict().items() if k.startswith("rnn.")}
+    assert isinstance(enc.rnn, torch.nn.LSTM) and enc.memory_dim == 96
+    assert rnn["rnn.weight_ih_l0"] == (128, 32) and rnn["rnn.weight_hh_l0_reverse"] == (128, 32)
 
 
 def test_scalars_and_tokens_zero_keep_a_summary_only():
-    specs = {"y": ObservationSpec("y", (6,), "float32"), "s": ObservationSpec("s", (), "float32")}
+    specs = {"y": ObservationSpec("y", (6,), "float32"), "s": ObservationSpec("s", (), "float32"),
+             "pair": ObservationSpec("pair", (2,), "float32")}
     enc = ObservationEncoder(specs, 16, tokens=0)
     assert all(isinstance(e, MLPEncoder) for e in enc.per_site) and enc.memory_len == 0
     enc = ObservationEncoder(specs, 16, tokens=128)
     assert isinstance(enc.per_site[0], SequenceEncoder) and isinstance(enc.per_site[1], MLPEncoder)
+    assert isinstance(enc.per_site[2], MLPEncoder)  # a pair is read whole by the summary
     assert enc.memory_len == 6
 
 
@@ -127,18 +138,44 @@ def plated(y=None):
     with pyro.plate("points", 3, subsample_size=2):
         b = pyro.sample("b", dist.Normal(a, 1.0))
     pyro.factor("penalty", -b.sum())
-    pyro.sample("y", dist.Normal(a, 1.0), obs=y)
+    with poutine.block(hide=["hidden"]), poutine.scale(scale=2.0):
+        pyro.sample("hidden", dist.Normal(0.0, 1.0))
+        c = pyro.sample("c", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(a + c, 1.0), obs=y)
 
 
-def test_the_record_holds_what_a_trace_holds():
+@pytest.mark.parametrize("given", [False, True])
+def test_the_record_holds_what_a_trace_holds(given):
+    # y given as obs= is drawn all the same: the record holds prior draws of the data
+    y = torch.tensor(100.0) if given else None
     pyro.set_rng_seed(0)
-    record = PriorSampler(plated, "y").sample()
+    record = PriorSampler(plated, "y", model_args=(y,)).sample()
     pyro.set_rng_seed(0)
     trace = poutine.trace(plated).get_trace()
-    assert record.structure == ("a", "b")  # not the deterministic, the plate's subsample or the factor
-    assert torch.equal(record.values[0], trace.nodes["a"]["value"])
-    assert torch.equal(record.values[1], trace.nodes["b"]["value"])
-    assert torch.equal(record.observation["y"], trace.nodes["y"]["value"])
+    # not the deterministic, the plate's subsample, the factor or the site a block hides
+    assert record.structure == ("a", "b", "c")
+    for name, value in zip(record.structure, record.values):
+        assert torch.equal(value, trace.nodes[name]["value"])
+    assert torch.equal(record.observation["y"], trace.nodes["y"]["value"]) and abs(float(record.observation["y"])) < 50
+
+
+def test_a_model_that_fails_midway_leaves_pyros_stack_clean():
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    calls = []
+
+    def flaky(y=None):
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a chance failure")
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    sampler = PriorSampler(flaky, "y")
+    with pytest.raises(RuntimeError, match="chance"):
+        sampler.sample()
+    assert not _PYRO_STACK
+    assert sampler.sample().structure == ("a",)
 
 
 def test_a_site_name_met_twice_in_one_run_is_refused():
@@ -147,7 +184,7 @@ def test_a_site_name_met_twice_in_one_run_is_refused():
         pyro.sample("x", dist.Normal(0.0, 1.0))
         pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
 
-    with pytest.raises(ValueError, match="two sites named 'x'"):
+    with pytest.raises(ValueError, match="two sample sites named 'x'"):
         infcomp.compile(twice, observe="y", num_traces=8, workers=0, progress=False)
 
 
@@ -159,7 +196,7 @@ def test_walk_of_ten_steps_against_the_kalman_smoother():
     y = prior_y(ex.random_walk, 5, **kwargs)
     means, sds, log_z = ex.random_walk_exact(y, 1.0)
     post = infcomp.infer(ex.random_walk, guide, y, num_samples=2_000, seed=0, model_kwargs=kwargs)
-    assert post.ess > 0.2 * 2_000, post.ess  # the guide has learnt the smoother, not only the prior
+    assert post.ess > 0.3 * 2_000, post.ess  # the guide has learnt the smoother, not only the prior
     got = torch.stack([post.mean(f"x_{t}") for t in range(10)]).double()
     got_sd = torch.stack([post.std(f"x_{t}") for t in range(10)]).double()
     assert torch.all((got - means).abs() < 5 * sds / math.sqrt(post.ess)), (got, means)

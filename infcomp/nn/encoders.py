@@ -11,8 +11,8 @@ Without a user encoder each observed site gets a default one chosen by its shape
 for scalars, an MLP summary and a memory of tokens for vectors (:class:`SequenceEncoder`: its
 elements, or chunks of neighbouring elements, in order), a CNN over image columns
 (:class:`CNNEncoder`, set up by a :class:`CNNConfig`) for images; several sites' summaries are
-concatenated and mixed by a linear layer, and their memories' rows, each site's brought to one
-width by a linear map where the widths differ, are laid end to end.  Inputs are standardised with a mean and scale measured on the validation
+concatenated and mixed by a linear layer, and their memories' rows are laid end to end, those
+of a narrower memory first brought to the widest's width by a linear map.  Inputs are standardised with a mean and scale measured on the validation
 traces (buffers, so they travel with saved guides).
 """
 
@@ -106,6 +106,8 @@ class SequenceEncoder(nn.Module):
     what a smoother computes.  The summary is an :class:`MLPEncoder`'s over the whole vector.
     """
 
+    MIN_ELEMENTS = 3  # a pair is read whole by the summary: a memory of two rows costs its reads more than it tells
+
     def __init__(self, shape, dim, max_tokens, width=32):
         super().__init__()
         if max_tokens < 1:
@@ -163,11 +165,11 @@ class CNNEncoder(nn.Module):
 
 
 def default_encoder(shape, dim, cnn: CNNConfig | None = None, tokens: int = 0) -> nn.Module:
-    """An :class:`MLPEncoder` for scalars (and, with ``tokens=0``, vectors), a
-    :class:`SequenceEncoder` of at most ``tokens`` tokens for vectors of two or more elements,
-    a :class:`CNNEncoder` for images."""
+    """An :class:`MLPEncoder` for scalars and short vectors (and, with ``tokens=0``, every vector),
+    a :class:`SequenceEncoder` of at most ``tokens`` tokens for vectors of
+    ``SequenceEncoder.MIN_ELEMENTS`` or more elements, a :class:`CNNEncoder` for images."""
     if len(shape) <= 1:
-        if tokens and math.prod(shape) >= 2:
+        if tokens and math.prod(shape) >= SequenceEncoder.MIN_ELEMENTS:
             return SequenceEncoder(shape, dim, tokens)
         return MLPEncoder(shape, dim)
     if len(shape) in (2, 3):
@@ -187,20 +189,21 @@ def _split(out):
 
 
 def _widen(widths: list):
-    """Linear maps that bring the memories of several sites (``widths``: each default encoder's
-    memory width, 0 for none) to the widest's width, or None where they already agree."""
+    """Maps that bring the memories of several sites (``widths``: each default encoder's memory
+    width, 0 for none) to the widest's width, a linear one for each narrower memory, or None
+    where the widths already agree."""
     widths = [w for w in widths if w]
     if len(set(widths)) <= 1:
         return None
-    return nn.ModuleList(nn.Linear(w, max(widths)) for w in widths)
+    return nn.ModuleList(nn.Identity() if w == max(widths) else nn.Linear(w, max(widths)) for w in widths)
 
 
 class ObservationEncoder(nn.Module):
     """``{site: [B, *shape]}`` -> ``(summary [B, dim], memory [B, memory_len, memory_dim] or None)``.
 
     ``custom``: the user's encoder (see the module's docstring); otherwise the default encoders,
-    images built by ``cnn``, vectors' memories of at most ``tokens`` tokens (0: vectors get a
-    summary only).  ValueError, raised here, if ``custom`` gives the wrong shapes.
+    images built by ``cnn``, vectors' memories of at most ``tokens`` tokens (0, the default here:
+    vectors get a summary only; a network passes its ``NetworkConfig.tokens``).  ValueError, raised here, if ``custom`` gives the wrong shapes.
     """
 
     def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, cnn: CNNConfig | None = None,

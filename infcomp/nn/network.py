@@ -59,13 +59,14 @@ class NetworkConfig:
     mixture_components: int = 3
     balance_gradients: bool = True  # see infcomp.nn.balance
     share_heads: bool = True  # addresses with equal head_key share value embedding and head
-    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along an image's memory (see Attention)
+    column_rnn: int = 32  # if > 0, a bidirectional GRU this wide per direction runs along the memory, unless it is a
+    # sequence's (SequenceEncoder rows carry their context already; see Attention)
     tokens: int = 128  # a vector observation's memory holds at most this many tokens; 0: a summary only (see encoders)
 
     def __post_init__(self):
         if self.column_rnn < 0:
             raise ValueError(f"column_rnn must be 0 (no GRU along the memory) or a positive width, got {self.column_rnn}")
-        if not isinstance(self.tokens, int) or self.tokens < 0:
+        if type(self.tokens) is not int or self.tokens < 0:
             raise ValueError(f"tokens must be 0 (vectors get a summary only) or a positive count, got {self.tokens!r}")
 
     def to_dict(self):
