@@ -27,7 +27,8 @@ __all__ = ["save", "load", "check_writable", "output_lock", "FORMAT", "VERSION"]
 
 FORMAT = "infcomp-guide"
 VERSION = 2
-#: What a network setting meant in files saved before the setting existed (they lack its key).
+#: What a network setting meant in files of any version saved before it existed (they lack its key;
+#: version-1 files come here through legacy.upgrade).
 SETTINGS_BEFORE_THEY_EXISTED = {"tokens": 0}
 
 

@@ -13,7 +13,7 @@ from .nn.network import split_config
 __all__ = ["upgrade", "upgrade_optimizer"]
 
 #: What a setting meant in version-1 files saved before the setting existed (they lack its key).
-DEFAULTS = {"conv_norm": False, "share_heads": False, "column_rnn": 0, "memory_columns": 16, "tokens": 0}
+DEFAULTS = {"conv_norm": False, "share_heads": False, "column_rnn": 0, "memory_columns": 16}
 #: The rows of version 1's family embedding matrix.
 FAMILY_ROWS = ("categorical", "bernoulli", "normal_mixture", "lognormal_mixture", "beta_interval",
                "poisson_mixture", "binomial", "prior")

@@ -267,12 +267,11 @@ class PriorSampler:
             structure.append(name)
             values.append(value.detach())
             contexts.append(self.families[spec.family].context(unwrap(fn)[0]).detach())
-        sampled = [n for n, *_ in recorder.sites]
         missing = [n for n in self.observe if n not in observation]
         if missing:
             raise ValueError(
                 f"observe names site {missing[0]!r}, but the model never samples it "
-                f"(its sample sites: {sampled})"
+                f"(its sample sites: {[n for n, *_ in recorder.sites]})"
             )
         return TraceRecord(tuple(structure), tuple(values), tuple(contexts), observation)
 

@@ -12,8 +12,9 @@ for scalars, an MLP summary and a memory of tokens for vectors (:class:`Sequence
 elements, or chunks of neighbouring elements, in order), a CNN over image columns
 (:class:`CNNEncoder`, set up by a :class:`CNNConfig`) for images; several sites' summaries are
 concatenated and mixed by a linear layer, and their memories' rows are laid end to end, those
-of a narrower memory first brought to the widest's width by a linear map.  Inputs are standardised with a mean and scale measured on the validation
-traces (buffers, so they travel with saved guides).
+of a narrower memory first brought to the widest's width by a linear map.  Inputs are
+standardised with a mean and scale measured on the validation traces (buffers, so they travel
+with saved guides).
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class ObservationEncoder(nn.Module):
 
     ``custom``: the user's encoder (see the module's docstring); otherwise the default encoders,
     images built by ``cnn``, vectors' memories of at most ``tokens`` tokens (0, the default here:
-    vectors get a summary only; a network passes its ``NetworkConfig.tokens``).  ValueError, raised here, if ``custom`` gives the wrong shapes.
+    vectors get a summary only; a network passes its ``NetworkConfig.tokens``).  ValueError,
+    raised here, if ``custom`` gives the wrong shapes.
     """
 
     def __init__(self, obs_specs: dict, dim: int, custom: nn.Module | None = None, cnn: CNNConfig | None = None,
