@@ -1,9 +1,9 @@
-"""Breakers for the two real CAPTCHA schemes, compiled from their models alone, read on the real images.
+"""Breakers for the real CAPTCHA schemes, compiled from their models alone, read on the real images.
 
-    python benchmarks/real_captchas.py [--minutes 20] [--particles 30] [--out out/real]
+    python benchmarks/real_captchas.py [--minutes 30] [--particles 30] [--out out/real] [--schemes A,B]
 
 For each scheme in ``../shared/data/real-captchas`` (``really_simple_captcha``,
-``captcha_images_v2``): compile a breaker from the style's prior draws for ``--minutes``
+``captcha_images_v2``, ``colour_arcs``; ``--schemes`` picks some): compile a breaker from the style's prior draws for ``--minutes``
 (resuming ``OUT/SCHEME.pt`` if it exists, so budgets add up; the table reports the total
 traces seen), then read every real image of the scheme and print the whole-string
 recognition rate (greedy and posterior), per-character accuracy, and calibration: the
@@ -12,7 +12,9 @@ are right.  A reliability plot per scheme goes to ``OUT/SCHEME.reliability.png``
 image is ever a training example and no parameter is fitted to them.
 
 Reference: Le et al. (2017) read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs with
-breakers trained on synthetic data only.  Goal: at least 90% on both schemes.
+breakers trained on synthetic data only; supervised CRNNs trained on 900 real captcha_images_v2
+images report about 93-95%.  Goal: at least 95% whole-string on every scheme's held-out images,
+with calibration error at most 0.05 (the shared images here are a small look at each scheme).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from infcomp_models.captcha.breaker import describe_confusions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-captchas"
-SCHEMES = ("really_simple_captcha", "captcha_images_v2")
+SCHEMES = ("really_simple_captcha", "captcha_images_v2", "colour_arcs")
 
 
 def run(cmd):
@@ -38,7 +40,8 @@ def run(cmd):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--minutes", type=float, default=30.0, help="compiling budget per scheme")
+    p.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated, of: " + ", ".join(SCHEMES))
     p.add_argument("--particles", type=int, default=30)
     p.add_argument("--out", default="out/real")
     p.add_argument("--skip-compile", action="store_true", help="only read, with the breakers already in --out")
@@ -47,10 +50,14 @@ def main():
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} is absent: the real CAPTCHAs come from ../shared beside the checkout")
+    schemes = [s for s in args.schemes.split(",") if s]
+    unknown = sorted(set(schemes) - set(SCHEMES))
+    if unknown or not schemes:
+        raise SystemExit(f"--schemes: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(SCHEMES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for scheme in SCHEMES:
+    for scheme in schemes:
         model = out / f"{scheme}.pt"
         if not args.skip_compile:
             print(run(["compile", "--style", scheme, "--minutes", str(args.minutes), "--out", str(model), "--quiet"]).strip(), flush=True)
@@ -74,7 +81,8 @@ def main():
     for r in rows:
         top = describe_confusions(r["char_confusions"][:5])
         print(f"{r['scheme']}: most frequent character errors (label -> read): {top}")
-    print("reference: Le et al. 2017 read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs; goal >= 90% on both")
+    print("reference: Le et al. 2017 read 81% (Wikipedia) and 42% (Facebook) of real CAPTCHAs; "
+          "goal >= 95% whole-string on every scheme's held-out images, calibration error <= 0.05")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The CAPTCHA renderer (infcomp_models.captcha.render / fonts / gallery)."""
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -281,3 +282,95 @@ def test_text_layer_leaves_out_what_the_seed_places():
     assert np.array_equal(render(text, 1), render(text, 2))  # nothing the seed drives is left
     elastic = CaptchaSpec("8052", num_dots=30, elastic_alpha=10.0).text_layer()
     assert not np.array_equal(render(elastic, 1), render(elastic, 2))  # the elastic field bends the text itself
+
+
+def test_size_scale_and_x_scale_per_letter():
+    base = dict(height=60, width=160, font="DejaVuSans", font_size=30, x_origin=5.0, baseline=50.0, gap=(20.0, 0.0))
+    even = _ink_runs(render(CaptchaSpec("HH", **base), 0))
+    small = _ink_runs(render(CaptchaSpec("HH", size_scale=(1.0, 0.5), **base), 0))
+    narrow = _ink_runs(render(CaptchaSpec("HH", x_scale=(1.0, 0.5), **base), 0))
+    width = lambda run: run[-1] - run[0] + 1  # noqa: E731
+    assert len(even) == len(small) == len(narrow) == 2
+    assert width(small[0]) == width(even[0]) and 0.4 * width(even[1]) <= width(small[1]) <= 0.6 * width(even[1])
+    assert width(narrow[0]) == width(even[0]) and 0.4 * width(even[1]) <= width(narrow[1]) <= 0.6 * width(even[1])
+    rows = lambda img: np.where((img < 0.5).any(axis=1))[0]  # noqa: E731
+    half = render(CaptchaSpec("HH", size_scale=0.5, **base), 0)
+    assert 0.4 <= len(rows(half)) / len(rows(render(CaptchaSpec("HH", **base), 0))) <= 0.6  # heights scale too
+
+
+def test_gap_moves_every_letter_after_it():
+    base = dict(height=40, width=200, font="DejaVuSans", font_size=20, x_origin=5.0, baseline=30.0)
+    plain = [r[0] for r in _ink_runs(render(CaptchaSpec("III", **base), 0))]
+    spaced = [r[0] for r in _ink_runs(render(CaptchaSpec("III", gap=(10.0, 0.0, 0.0), **base), 0))]
+    assert spaced[0] == plain[0] and spaced[1] - plain[1] == 10 and spaced[2] - plain[2] == 10
+    assert np.array_equal(render(CaptchaSpec("III", gap=0.0, **base), 0), render(CaptchaSpec("III", **base), 0))
+
+
+def test_centred_letters_share_a_centre_line_not_a_foot():
+    base = dict(height=60, width=120, font="DejaVuSans", font_size=40, size_scale=(1.0, 0.5), gap=(15.0, 0.0),
+                x_origin=5.0)
+    for centred, same_centre in ((True, True), (False, False)):
+        img = render(CaptchaSpec("HH", centred=centred, **base), 0)
+        runs = _ink_runs(img)
+        spans = [np.where((img[:, r[0]:r[-1] + 1] < 0.5).any(axis=1))[0] for r in runs]
+        centres = [0.5 * (s[0] + s[-1]) for s in spans]
+        feet = [s[-1] for s in spans]
+        assert (abs(centres[0] - centres[1]) <= 1.0) == same_centre
+        assert (abs(feet[0] - feet[1]) <= 1.0) == (not same_centre)
+
+
+def test_squeeze_fits_a_wide_block_to_the_image():
+    base = dict(height=40, width=100, font="DejaVuSans", font_size=30, gap=8.0)
+    cut = render(CaptchaSpec("HHHHH", **base), 0)
+    fitted = render(CaptchaSpec("HHHHH", squeeze=True, **base), 0)
+    assert len(_ink_runs(fitted)) == 5 and len(_ink_runs(cut)) < 5  # all five letters, none cut at the edges
+    x0, x1 = _ink_columns(fitted)
+    assert x0 <= 3 and x1 >= 96
+    fits = dict(base, width=300)
+    assert np.array_equal(render(CaptchaSpec("HHHHH", squeeze=True, **fits), 0), render(CaptchaSpec("HHHHH", **fits), 0))
+
+
+def test_clutter_level_paints_clutter_in_its_own_intensity():
+    base = dict(height=40, width=120, font="DejaVuSans-Bold", font_size=26, ink=0.6, background=1.0, num_dots=40,
+                dot_radius=1.5)
+    for level in (0.1, 0.9):
+        spec = CaptchaSpec("HX", clutter_level=level, **base)
+        img, text = render(spec, 3), render(spec.text_layer(), 3)
+        changed = np.abs(img - text) > 1e-6
+        assert changed.sum() > 40  # the dots
+        # where a dot covers its pixel fully, that pixel is the clutter's level, over paper and letters alike
+        full = render_coverage(dataclasses.replace(spec, ink=0.0, num_dots=0), 3) < 0.01
+        dots_over_paper = changed & full & (np.abs(img - level) < 0.02)
+        dots_over_text = changed & (text < 0.61) & (np.abs(img - level) < 0.02)
+        assert dots_over_paper.sum() > 10 and dots_over_text.sum() > 0
+        assert np.array_equal(img[~changed], text[~changed])
+    mixed = render(CaptchaSpec("HX", **base), 3)
+    assert mixed.min() >= 0.6 - 1e-6  # without it, clutter is more of the ink
+
+
+def test_smile_arcs_and_arc_shape_checked():
+    spec = CaptchaSpec("", height=60, width=160, num_arcs=1, arc_width=2, arc_shape="smile")
+    for seed in range(20):
+        img = render(spec, seed)
+        x0, x1 = _ink_columns(img)
+        assert x0 <= 0.4 * 160 and x1 >= 0.3 * 160 and x1 > x0
+        row = lambda x: np.where(img[:, x] < 0.5)[0].mean()  # noqa: E731
+        mid = (x0 + x1) // 2
+        if x1 - x0 > 30 and (img[:, mid] < 0.5).any():
+            assert row(mid) > row(x0) and row(mid) > row(x1)  # the middle hangs below both ends: a smile
+    with pytest.raises(ValueError, match="arc_shape"):
+        CaptchaSpec("A", arc_shape="circle")
+
+
+def test_letter_warp_bends_each_letter_by_the_seed():
+    base = dict(height=60, width=160, font="DejaVuSans-Bold", font_size=40, gap=20.0, x_origin=10.0, baseline=50.0)
+    straight = render(CaptchaSpec("HHH", **base), 0)
+    a, b = render(CaptchaSpec("HHH", letter_warp=0.25, **base), 0), render(CaptchaSpec("HHH", letter_warp=0.25, **base), 1)
+    assert not np.array_equal(a, straight) and not np.array_equal(a, b)
+    assert np.array_equal(a, render(CaptchaSpec("HHH", letter_warp=0.25, **base), 0))
+    runs = [_ink_runs(a), _ink_runs(b), _ink_runs(straight)]
+    widths = [[r[-1] - r[0] for r in rs] for rs in runs]
+    assert all(len(rs) == 3 for rs in runs)
+    assert len(set(widths[0])) > 1 and len(set(widths[2])) == 1  # each letter bent its own way
+    ink = [(img < 0.5).sum() for img in (a, b, straight)]
+    assert 0.5 * ink[2] < ink[0] < 1.5 * ink[2] and 0.5 * ink[2] < ink[1] < 1.5 * ink[2]

@@ -14,7 +14,7 @@ from infcomp_models.captcha.cli import main
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-captchas"
 
 
-@pytest.mark.parametrize("scheme", ["really_simple_captcha", "captcha_images_v2"])
+@pytest.mark.parametrize("scheme", ["really_simple_captcha", "captcha_images_v2", "colour_arcs"])
 def test_break_real_images_end_to_end(scheme, tmp_path, capsys):
     folder = SHARED / scheme
     if not folder.is_dir():

@@ -8,7 +8,7 @@ paper's seven in its order, then styles modelled on real schemes.
 from __future__ import annotations
 
 from . import baidu2011, baidu2013, ebay, facebook, recaptcha, wikipedia, yahoo
-from . import captcha_images_v2, really_simple_captcha
+from . import captcha_images_v2, colour_arcs, really_simple_captcha
 from .fonts import FONTS, font_names, font_source, load_font
 from .gallery import save_gallery
 from .render import CaptchaSpec, elastic_field, remap, render, seed_from_uniform
@@ -38,7 +38,7 @@ STYLES: dict[str, CaptchaStyle] = {
     m.STYLE.name: m.STYLE
     for m in (
         baidu2011, baidu2013, ebay, yahoo, recaptcha, wikipedia, facebook,
-        captcha_images_v2, really_simple_captcha,
+        captcha_images_v2, really_simple_captcha, colour_arcs,
     )
 }
 

@@ -13,15 +13,19 @@ Pipeline, all on an ink-*coverage* map (0 = paper, 1 = ink):
    offsets, and the text block is placed at a fraction (``x_position``,
    ``y_position``) of the free space, so it stays inside the image whenever it fits,
    or at a fixed pen origin (``x_origin``, ``baseline``) where those are given;
-   letters with a positive ``fuzz`` get hairy edges (each pixel near them is taken
-   from a random nearby pixel, a "spread");
+   letters may be bent each on its own (``letter_warp``); letters with a positive
+   ``fuzz`` get hairy edges (each pixel near them is taken from a random nearby pixel,
+   a "spread");
+   a block wider than the image may be squeezed to its width (``squeeze``);
 2. clutter drawn with the ink: lines and arcs through the text, ellipses, dots, and
    one long anti-aliased polyline (``curve_width > 0``) with a squiggle at its start;
+   or, with ``clutter_level``, as a layer of its own in that intensity;
 3. one bilinear remap combining shear, a sinusoidal wave and an elastic field
    (Simard et al. 2003);
 4. Gaussian blur (separable, as two small matrix products);
 5. coverage mixed between the background (a level plus a linear gradient) and the
-   ink intensity, then Gaussian pixel noise, clipped to ``[0, 1]``.
+   ink intensity (a separate clutter layer then painted over it at ``clutter_level``),
+   then Gaussian pixel noise, clipped to ``[0, 1]``.
 """
 
 from __future__ import annotations
@@ -47,13 +51,15 @@ __all__ = [
 ]
 
 FloatOrSeq = Union[float, Sequence[float]]
+ARC_SHAPES = ("around", "smile")  #: the values of :attr:`CaptchaSpec.arc_shape`
 
 
 @dataclasses.dataclass(frozen=True)
 class CaptchaSpec:
     """Every latent a CAPTCHA image depends on (lengths in pixels, angles in degrees).
 
-    Per-letter fields (``font``, ``rotation``, ``dx``, ``dy``, ``fuzz``) take one value
+    Per-letter fields (``font``, ``size_scale``, ``x_scale``, ``gap``, ``rotation``, ``dx``, ``dy``,
+    ``fuzz``) take one value
     for all letters or a sequence with one value per letter.  Every effect is off by
     default (a field that only tunes one, such as ``wave_period``, matters once it is on),
     so a spec renders only the effects it sets.
@@ -64,7 +70,11 @@ class CaptchaSpec:
     width: int = 96
     font: Union[str, Sequence[str]] = "DejaVuSans"
     font_size: float = 24.0  #: rounded to an integer pixel size
+    size_scale: FloatOrSeq = 1.0  #: per-letter factor on ``font_size`` (the product is rounded)
     kerning: float = 0.0  #: extra space between letters (negative: overlap)
+    #: per-letter extra space after each letter, added to ``kerning`` (it moves all that follow; the
+    #: last letter's moves nothing)
+    gap: FloatOrSeq = 0.0
     rotation: FloatOrSeq = 0.0  #: per-letter rotation, degrees counter-clockwise
     dx: FloatOrSeq = 0.0  #: per-letter horizontal offset
     dy: FloatOrSeq = 0.0  #: per-letter vertical offset (down is positive)
@@ -72,7 +82,7 @@ class CaptchaSpec:
     y_position: float = 0.5  #: ... and in the vertical free space (0 top, 1 bottom)
     stroke: int = 0  #: extra stroke width (bolder letters)
     hollow: bool = False  #: draw letter outlines only
-    x_scale: float = 1.0  #: horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
+    x_scale: FloatOrSeq = 1.0  #: per-letter horizontal glyph scale (< 1 condensed), advances scale with it; quantised to 0.02
     pitch: Union[float, None] = None  #: if set, the pen advances ``pitch + kerning`` per letter (see ``proportional``)
     pitch_align: float = 0.0  #: with a pitch, where each glyph's advance sits in its cell (0 left, 0.5 centred)
     #: with a pitch, how far each cell follows its glyph: the cell is ``(1 - p) * pitch + p * ink width``
@@ -81,7 +91,18 @@ class CaptchaSpec:
     proportional: float = 0.0
     max_glyph_width: Union[float, None] = None  #: glyphs wider than this (pixels) are condensed to fit it
     x_origin: Union[float, None] = None  #: if set, the pen starts at this x (pixels) instead of using x_position
-    baseline: Union[float, None] = None  #: if set, the baseline's y (pixels) instead of using y_position
+    #: if set, the baseline's y (pixels) instead of using y_position (with ``centred``, the centre line's)
+    baseline: Union[float, None] = None
+    #: each glyph's ink box centred on the line (as if hung from its middle) rather than standing on the
+    #: baseline: letters of different sizes then share a centre line, not a foot
+    centred: bool = False
+    #: a text block wider than the image is drawn on a wider canvas and squeezed to fill the image's
+    #: width (``x_origin`` and ``x_position`` then change nothing); a block that fits is placed as
+    #: without it (and is cut off where offsets push it past an edge)
+    squeeze: bool = False
+    #: each glyph's corners moved at random (by the seed) by up to this share of its size in x and in y,
+    #: its mask remapped to that quadrilateral: a perspective-like bend of each letter of its own
+    letter_warp: float = 0.0
     fuzz: FloatOrSeq = 0.0  #: per-letter hairy-edge radius in pixels (a random "spread"); <= 0: crisp
     hair_ink: float = 0.7  #: coverage of the hairs that fuzz grows (1: as dark as the letters)
     # geometric distortion
@@ -91,15 +112,22 @@ class CaptchaSpec:
     wave_phase: float = 0.0  #: its phase, radians
     elastic_alpha: float = 0.0  #: elastic displacement scale (Simard et al. 2003)
     elastic_sigma: float = 4.0  #: width of the Gaussian smoothing the elastic field
-    # clutter (drawn with the ink, before the geometric distortion)
+    # clutter (drawn with the ink, or in clutter_level, before the geometric distortion)
     num_lines: int = 0  #: straight strokes crossing the text
     line_width: int = 1
     num_arcs: int = 0  #: elliptic arcs through the text
     arc_width: int = 1
+    #: ``"around"``: an arc of an ellipse around the text band, crossing it; ``"smile"``: the lower half
+    #: of an ellipse (its ends within 25 degrees of level) whose box starts in the left 30% of the
+    #: image, ends past 40% of it, and spans up to half the height, below a top in 10%-70% of it
+    arc_shape: str = "around"
     num_ellipses: int = 0  #: ellipse outlines anywhere
     num_dots: int = 0  #: small filled discs anywhere
     dot_radius: float = 1.0
     clutter_ink: float = 1.0  #: coverage of clutter strokes (1 = as dark as the text)
+    #: if set, clutter (lines, arcs, ellipses, dots, the curve) is a layer of its own painted over the
+    #: text at this intensity (darker or lighter than the ink), instead of more coverage of the ink
+    clutter_level: Union[float, None] = None
     # one long polyline: from x = curve_x0 to x = curve_x1 (None: the right edge), random
     # y at both ends, curve_wiggles short random segments first (within curve_wiggle_span
     # pixels of the start, each moving up to 0.4 * height up or down), curve_kinks bends
@@ -120,12 +148,16 @@ class CaptchaSpec:
     blur: float = 0.0  #: Gaussian blur sigma
     noise: float = 0.0  #: standard deviation of Gaussian pixel noise
 
+    def __post_init__(self):
+        if self.arc_shape not in ARC_SHAPES:
+            raise ValueError(f"arc_shape must be one of {', '.join(map(repr, ARC_SHAPES))}, got {self.arc_shape!r}")
+
     def text_layer(self) -> "CaptchaSpec":
         """The same spec without its clutter (lines, arcs, ellipses, dots, the curve) and pixel noise:
         the text alone, with every distortion of it (fuzz, shear, waves, elastic field, blur) and the
         background.  The seed still drives what belongs to the text: its fuzz and its elastic field."""
         return dataclasses.replace(self, num_lines=0, num_arcs=0, num_ellipses=0, num_dots=0, curve_width=0.0,
-                                   noise=0.0)
+                                   noise=0.0, clutter_level=None)
 
 
 def seed_from_uniform(u: float) -> int:
@@ -266,11 +298,12 @@ def _layout(spec: CaptchaSpec):
     dxs = _per_letter(spec.dx, n, "dx")
     dys = _per_letter(spec.dy, n, "dy")
     fuzzes = _per_letter(spec.fuzz, n, "fuzz")
-    size = max(int(round(float(spec.font_size))), 1)
+    gaps = _per_letter(spec.gap, n, "gap")
+    sizes = [max(int(round(float(spec.font_size) * float(k))), 1) for k in _per_letter(spec.size_scale, n, "size_scale")]
+    x_scales = [max(round(float(k) * 50.0) / 50.0, 0.02) for k in _per_letter(spec.x_scale, n, "x_scale")]
     stroke = int(spec.stroke)
     hollow = bool(spec.hollow)
     kerning = float(spec.kerning)
-    x_scale = max(round(float(spec.x_scale) * 50.0) / 50.0, 0.02)
     pitch = None if spec.pitch is None else float(spec.pitch)
     max_width = None if spec.max_glyph_width is None else max(float(spec.max_glyph_width), 1.0)
     proportional = min(max(float(spec.proportional), 0.0), 1.0)
@@ -280,6 +313,7 @@ def _layout(spec: CaptchaSpec):
     x_max = y_max = -math.inf
     for i, ch in enumerate(spec.text):
         angle = round(float(rotations[i]) * 2.0) / 2.0
+        size, x_scale = sizes[i], x_scales[i]
         mask, left, top, advance = _rotated_glyph(fonts[i], size, ch, stroke, hollow, angle, x_scale)
         if max_width is not None and mask is not None and mask.size[0] > max_width:
             fit = max(math.floor(x_scale * max_width / mask.size[0] * 50.0) / 50.0, 0.02)
@@ -295,12 +329,12 @@ def _layout(spec: CaptchaSpec):
                     cell = (1.0 - proportional) * pitch + proportional * ink_width
                     # at 1 the ink box fills its cell from the pen on, so neighbours' ink abuts
                     x += proportional * ((pen - ink[0] + float(dxs[i])) - x)
-            y = top + float(dys[i])
+            y = (-0.5 * mask.size[1] if spec.centred else top) + float(dys[i])
             w, h = mask.size
             placed.append((mask, x, y, max(float(fuzzes[i]), 0.0)))
             x_min, y_min = min(x_min, x), min(y_min, y)
             x_max, y_max = max(x_max, x + w), max(y_max, y + h)
-        pen += (advance if pitch is None else cell) + kerning
+        pen += (advance if pitch is None else cell) + kerning + float(gaps[i])
     if not placed:
         return [], (0.0, 0.0, 0.0, 0.0)
     if spec.x_origin is None:
@@ -332,6 +366,13 @@ def _draw_clutter(canvas: Image.Image, spec: CaptchaSpec, box, rng: np.random.Ge
         y0, y1 = rng.uniform(by0, by1, size=2)
         draw.line([(x0, y0), (x1, y1)], fill=fill, width=max(int(spec.line_width), 1))
     for _ in range(int(spec.num_arcs)):
+        if spec.arc_shape == "smile":
+            x0, x1 = rng.uniform(0, 0.3 * w), rng.uniform(0.4 * w, w)
+            y0 = rng.uniform(0.1 * h, 0.7 * h)
+            y1 = y0 + rng.uniform(2.0, 0.5 * h)
+            draw.arc([x0, y0, x1, y1], rng.uniform(0, 25), rng.uniform(155, 180), fill=fill,
+                     width=max(int(spec.arc_width), 1))
+            continue
         # an ellipse around the text band, of which an arc crosses the text
         cx = rng.uniform(bx0, bx1)
         cy = rng.uniform(by0, by1) + rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 1.0) * h
@@ -354,7 +395,8 @@ def _draw_clutter(canvas: Image.Image, spec: CaptchaSpec, box, rng: np.random.Ge
 
 def render_coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
     """Ink coverage (0 paper, 1 ink) after clutter and geometric distortion, before
-    blur, background and noise.  ``float32``, shape ``(height, width)``."""
+    blur, background and noise; with ``clutter_level``, the larger of the text's and the clutter's
+    coverage (which :func:`render` paints in two intensities).  ``float32``, shape ``(height, width)``."""
     return _coverage(spec, int(seed))
 
 
@@ -364,7 +406,7 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([stream, seed])
 
 
-_CLUTTER, _ELASTIC, _NOISE, _FUZZ, _CURVE = 1, 2, 3, 4, 5
+_CLUTTER, _ELASTIC, _NOISE, _FUZZ, _CURVE, _WARP = 1, 2, 3, 4, 5, 6
 _CURVE_SUPERSAMPLE = 4
 
 
@@ -449,37 +491,95 @@ def _curve(spec: CaptchaSpec, box, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
-def _coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
+def _warp_letters(placed, share: float, rng: np.random.Generator):
+    """Each placed glyph mask remapped to a random quadrilateral: the mask, padded by ``share`` of its
+    larger side, takes its pixels from a quadrilateral whose corners are the padded box's, each moved by
+    up to the padding in x and in y (so a letter leans, tapers and stretches on its own)."""
+    out = []
+    for mask, x, y, f in placed:
+        w, h = mask.size
+        pad = max(int(math.ceil(share * max(w, h))), 1)
+        W, H = w + 2 * pad, h + 2 * pad
+        jitter = rng.uniform(-pad, pad, size=8)
+        corners = np.array([0, 0, 0, H, W, H, W, 0], dtype=np.float64) - pad + jitter
+        padded = Image.new("L", (W, H), 0)
+        padded.paste(mask, (pad, pad))
+        quad = padded.transform((W, H), Image.QUAD, tuple((corners + pad).tolist()), Image.BILINEAR)
+        out.append((quad, x - pad, y - pad, f))
+    return out
+
+
+def _text_canvas(spec: CaptchaSpec, seed: int):
+    """The letters' coverage (with their fuzz) as an image-sized canvas, and the text block's box in
+    image coordinates; a block wider than the image is squeezed to its width where ``spec.squeeze`` asks."""
     h, w = int(spec.height), int(spec.width)
-    canvas = Image.new("L", (w, h), 0)
     placed, box = _layout(spec)
+    if spec.letter_warp > 0 and placed:
+        placed = _warp_letters(placed, float(spec.letter_warp), _rng(seed, _WARP))
+        box = (min(x for _, x, _, _ in placed), min(y for _, _, y, _ in placed),
+               max(x + m.size[0] for m, x, _, _ in placed), max(y + m.size[1] for m, _, y, _ in placed))
+    squeeze = bool(spec.squeeze) and box[2] - box[0] > w
+    margin = 1 + math.ceil(max((f for *_, f in placed), default=0.0))  # room for the hairs of fuzz
+    ox = math.floor(box[0]) - margin if squeeze else 0
+    cw = int(math.ceil(box[2])) + margin - ox if squeeze else w
+    placed = [(m, x - ox, y, f) for m, x, y, f in placed]
+    canvas = Image.new("L", (cw, h), 0)
     for mask, x, y, _ in placed:
         canvas.paste(255, (int(round(x)), int(round(y))), mask)
     if any(f > 0 for *_, f in placed):
         canvas = _spread(canvas, placed, min(max(float(spec.hair_ink), 0.0), 1.0), _rng(seed, _FUZZ))
-    if spec.num_lines or spec.num_arcs or spec.num_ellipses or spec.num_dots:
-        _draw_clutter(canvas, spec, box, _rng(seed, _CLUTTER))
-    cov = np.asarray(canvas, dtype=np.float32) * np.float32(1.0 / 255.0)
-    if spec.curve_width > 0:
-        cov = np.maximum(cov, _curve(spec, box, _rng(seed, _CURVE)))
+    if squeeze:
+        canvas = canvas.resize((w, h), Image.BILINEAR)
+        box = ((box[0] - ox) * w / cw, box[1], (box[2] - ox) * w / cw, box[3])
+    return canvas, box
 
-    # one remap for shear + wave + elastic
+
+def _warp(spec: CaptchaSpec, seed: int):
+    """``(dx, dy)`` of the one remap combining shear, wave and elastic field, or None for none."""
+    h, w = int(spec.height), int(spec.width)
     field = None
     if spec.elastic_alpha:
         field = elastic_field((h, w), spec.elastic_alpha, spec.elastic_sigma, _rng(seed, _ELASTIC))
-    dx = dy = None
-    if spec.shear or spec.wave_amplitude or field is not None:
-        xs, ys = _grid(h, w)
-        dx = np.zeros((h, w), np.float32) if field is None else field[0]
-        dy = np.zeros((h, w), np.float32) if field is None else field[1]
-        if spec.shear:
-            dx = dx + np.float32(spec.shear) * (ys - np.float32((h - 1) / 2.0))
-        if spec.wave_amplitude:
-            period = max(float(spec.wave_period), 1.0)
-            wave = float(spec.wave_amplitude) * np.sin(2.0 * np.pi * xs[0] / period + float(spec.wave_phase))
-            dy = dy + wave.astype(np.float32)[None, :]
-        cov = remap(cov, dx, dy)
-    return cov
+    if not (spec.shear or spec.wave_amplitude or field is not None):
+        return None
+    xs, ys = _grid(h, w)
+    dx = np.zeros((h, w), np.float32) if field is None else field[0]
+    dy = np.zeros((h, w), np.float32) if field is None else field[1]
+    if spec.shear:
+        dx = dx + np.float32(spec.shear) * (ys - np.float32((h - 1) / 2.0))
+    if spec.wave_amplitude:
+        period = max(float(spec.wave_period), 1.0)
+        wave = float(spec.wave_amplitude) * np.sin(2.0 * np.pi * xs[0] / period + float(spec.wave_phase))
+        dy = dy + wave.astype(np.float32)[None, :]
+    return dx, dy
+
+
+def _layers(spec: CaptchaSpec, seed: int):
+    """``(text, clutter)`` coverages after the geometric distortion; ``clutter`` is None unless
+    ``spec.clutter_level`` makes it a layer of its own (else the clutter is in ``text``)."""
+    canvas, box = _text_canvas(spec, seed)
+    separate = spec.clutter_level is not None
+    layer = Image.new("L", canvas.size, 0) if separate else canvas
+    if spec.num_lines or spec.num_arcs or spec.num_ellipses or spec.num_dots:
+        _draw_clutter(layer, spec, box, _rng(seed, _CLUTTER))
+    cov = np.asarray(canvas, dtype=np.float32) * np.float32(1.0 / 255.0)
+    clutter = np.asarray(layer, dtype=np.float32) * np.float32(1.0 / 255.0) if separate else None
+    if spec.curve_width > 0:
+        curve = _curve(spec, box, _rng(seed, _CURVE))
+        if separate:
+            clutter = np.maximum(clutter, curve)
+        else:
+            cov = np.maximum(cov, curve)
+    warp = _warp(spec, seed)
+    if warp is not None:
+        cov = remap(cov, *warp)
+        clutter = None if clutter is None else remap(clutter, *warp)
+    return cov, clutter
+
+
+def _coverage(spec: CaptchaSpec, seed: int) -> np.ndarray:
+    cov, clutter = _layers(spec, seed)
+    return cov if clutter is None else np.maximum(cov, clutter)
 
 
 def render(spec: CaptchaSpec, seed: int) -> np.ndarray:
@@ -489,10 +589,11 @@ def render(spec: CaptchaSpec, seed: int) -> np.ndarray:
     positions, the elastic field's random values and the pixel noise.
     """
     seed = int(seed)
-    cov = _coverage(spec, seed)
+    cov, clutter = _layers(spec, seed)
     h, w = cov.shape
     if spec.blur > 0:
         cov = _smooth(cov, spec.blur)
+        clutter = None if clutter is None else _smooth(clutter, spec.blur)
     bg = float(spec.background)
     if spec.gradient:
         xs, ys = _grid(h, w)
@@ -500,6 +601,8 @@ def render(spec: CaptchaSpec, seed: int) -> np.ndarray:
         ramp = math.cos(a) * (xs / max(w - 1, 1) - 0.5) + math.sin(a) * (ys / max(h - 1, 1) - 0.5)
         bg = bg + float(spec.gradient) * ramp
     img = bg + (float(spec.ink) - bg) * cov
+    if clutter is not None:
+        img = img + (float(spec.clutter_level) - img) * clutter
     if spec.noise > 0:
         img = img + np.float32(spec.noise) * _rng(seed, _NOISE).standard_normal((h, w), dtype=np.float32)
     return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
