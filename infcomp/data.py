@@ -92,7 +92,7 @@ def collate(records: list, specs: dict) -> Batch:
     names = list(records[0].observation)
     observation = {n: torch.stack([r.observation[n] for r in records]) for n in names}
     lengths = torch.tensor([len(r.structure) for r in records])
-    used = {n for g in out for n in g.names}
+    used = dict.fromkeys(n for g in out for n in g.names)  # in the order the records met them, in any process
     return Batch(len(records), observation, lengths, out, {n: specs[n] for n in used})
 
 

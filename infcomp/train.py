@@ -33,6 +33,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import Solo, join, rank_cores, rank_seed
 from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate, draw_records
 from .files import check_writable, output_lock
 from .guide import Guide, build_guide, default_lr
@@ -336,10 +337,11 @@ class Trainer:
     with an optimiser state resumes it, the learning rate set to ``lr``.
     """
 
-    def __init__(self, guide: Guide, sampler: PriorSampler, validation, lr, batch_size, device):
+    def __init__(self, guide: Guide, sampler: PriorSampler, validation, lr, batch_size, device, group=None):
         self.guide, self.sampler = guide, sampler
         self.batch_size, self.lr = batch_size, lr
         self.device = torch.device(device)
+        self.group = Solo() if group is None else group
         net = guide.network
         # fused: one kernel per parameter group, not a dozen tensor ops per parameter
         self.optimizer = torch.optim.Adam([{"params": net.core_parameters()}], lr=lr, fused=True)
@@ -350,22 +352,31 @@ class Trainer:
             for g in self.optimizer.param_groups:  # a saved state brings its own settings: set ours again
                 g.update(lr=lr, fused=True, foreach=None)
         self.add_sites(sampler.specs)
+        self.group.broadcast_parameters(_state_tensors(net))  # every rank starts from rank 0's network
         self.validation = [
             collate(validation[i : i + batch_size], sampler.specs).to(self.device)
             for i in range(0, len(validation), batch_size)
         ]
         self.stats, self.stopped, self.error = RunStats(), False, None
 
-    def add_sites(self, specs: dict):
-        """Give every address of ``specs`` new to the network its modules and a parameter group."""
-        net = self.guide.network
+    def add_sites(self, specs: dict) -> list:
+        """Give every address of ``specs`` new to the network its modules and a parameter group;
+        returns the new parameters."""
+        net, added = self.guide.network, []
         for name, spec in specs.items():
             if name not in net.specs:
-                self.optimizer.add_param_group({"params": net.add_site(spec)})
+                params = net.add_site(spec)
+                self.optimizer.add_param_group({"params": params})
+                added += params
+        return added
 
-    def step(self, batch) -> float:
-        """One Adam step on ``batch``'s mean ``-log q``, gradients clipped to norm 100; returns the loss."""
+    def step(self, batch, traces: int | None = None) -> float:
+        """One Adam step on the mean ``-log q`` of ``batch`` (of every rank's batch together, where
+        ``traces`` counts them: :mod:`~infcomp.distributed`), gradients clipped to norm 100;
+        returns that mean."""
         self.add_sites(batch.specs)
+        if self.group.world_size > 1:
+            return self._shared_step(batch, traces)
         loss = -self.guide.network.log_q(batch.to(self.device)).mean()
         if loss.requires_grad:  # false only when no address in the batch has a head
             self.optimizer.zero_grad(set_to_none=True)
@@ -373,6 +384,20 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.guide.network.parameters(), 100.0)
             self.optimizer.step()
         return float(loss.detach())
+
+    def _shared_step(self, batch, traces) -> float:
+        """:meth:`step` as one rank of several: this rank's summed loss backpropagated, the gradients
+        summed over the ranks and divided by their ``traces`` (an empty batch adds nothing)."""
+        params = list(self.guide.network.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = -self.guide.network.log_q(batch.to(self.device)).sum() if batch.size else torch.zeros(())
+        if loss.requires_grad:
+            loss.backward()
+        total = self.group.reduce_gradients(params, traces, float(loss.detach()))
+        if any(p.grad is not None for p in params):
+            torch.nn.utils.clip_grad_norm_(params, 100.0)
+            self.optimizer.step()
+        return total / max(traces, 1)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -411,18 +436,14 @@ class Trainer:
         try:
             for c in callbacks:
                 c.on_start(self)
-            while not self.stopped:
-                t0 = time.perf_counter()
-                try:
-                    batch, fresh = next(stream)
-                except StopIteration:
-                    stats.waiting_for_data_seconds += time.perf_counter() - t0
-                    stats.stopped_waiting = True
-                    self.stop()
+            while True:
+                batch, fresh = self.next_batch(stream, stats)
+                counts = self.agree(batch, fresh, stats, time.perf_counter() - start)
+                if counts is None:
                     break
-                stats.waiting_for_data_seconds += time.perf_counter() - t0
-                self.take(batch, fresh, stats)
-                stats.seconds = time.perf_counter() - start
+                self.take(batch, fresh, stats, counts)
+                if self.group.world_size == 1:
+                    stats.seconds = time.perf_counter() - start
                 for c in callbacks:
                     c.on_step(self, stats)
         except KeyboardInterrupt:
@@ -439,17 +460,49 @@ class Trainer:
             raise self.error
         return stats
 
-    def take(self, batch, fresh, stats):
-        """A step on ``batch`` (none where its traces all failed), its counts added to ``stats``."""
-        stats.failed_traces += batch.failed
+    def next_batch(self, stream, stats):
+        """The stream's next ``(batch, fresh)``; ``(None, False)`` once the run is stopped, or where
+        the stream ended (a deadline passed while waiting for traces: ``stats.stopped_waiting``)."""
+        if self.stopped:
+            return None, False
+        t0 = time.perf_counter()
+        try:
+            return next(stream)
+        except StopIteration:
+            stats.stopped_waiting = True
+            self.stop()
+            return None, False
+        finally:
+            stats.waiting_for_data_seconds += time.perf_counter() - t0
+
+    def agree(self, batch, fresh, stats, seconds):
+        """The step's counts over every rank, ``(traces, fresh traces, failed traces)``, with every
+        address new to any rank's batch added to the network; None where the run stops here
+        (this rank's ``batch`` is None, or another rank's).  One process agrees with itself."""
+        size = 0 if batch is None else batch.size
+        counts = (size, size if fresh else 0, 0 if batch is None else batch.failed)
+        new = [] if batch is None else [s for n, s in batch.specs.items() if n not in self.guide.network.specs]
+        stop, counts, new, seconds = self.group.agree(batch is None, counts, new, seconds)
+        if stop:
+            self.stop()
+            return None
+        if self.group.world_size > 1:
+            stats.seconds = seconds
+            self.group.broadcast_parameters(self.add_sites({s.name: s for s in new}) if new else [])
+        return counts
+
+    def take(self, batch, fresh, stats, counts=None):
+        """A step on ``batch`` (none where the step's traces all failed), the step's ``counts``
+        (:meth:`agree`; ``batch``'s own by default) added to ``stats``."""
+        traces, fresh_traces, failed = counts or (batch.size, batch.size if fresh else 0, batch.failed)
+        stats.failed_traces += failed
         stats.last_failure = batch.error or stats.last_failure
-        if batch.size == 0:
+        if traces == 0:
             return
-        stats.loss = self.step(batch)
-        stats.steps, stats.trained_traces = stats.steps + 1, stats.trained_traces + batch.size
-        if fresh:
-            stats.traces += batch.size
-            self.guide.traces_trained += batch.size
+        stats.loss = self.step(batch, traces)
+        stats.steps, stats.trained_traces = stats.steps + 1, stats.trained_traces + traces
+        stats.traces += fresh_traces
+        self.guide.traces_trained += fresh_traces
 
 
 def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), model_kwargs=None, guide=None,
@@ -503,7 +556,10 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     s = _checked_settings(types.SimpleNamespace(**locals()))
     if s.checkpoint is not None:
         check_writable(s.checkpoint)
-    with output_lock(s.checkpoint) if s.checkpoint is not None else contextlib.nullcontext():
+    s.group = join(s.device)
+    s.device = s.group.device(s.device)
+    locked = s.checkpoint is not None and s.group.is_main  # rank 0 alone writes it
+    with output_lock(s.checkpoint) if locked else contextlib.nullcontext():
         if s.checkpoint is not None:
             _check_overwrite(s.checkpoint, s.guide, s.overwrite)
         return _train(s)
@@ -511,7 +567,8 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
 
 def _train(s) -> Guide:
     """The run :func:`compile` describes, on its checked settings ``s``."""
-    run_seed = draw_seed() if s.seed is None else int(s.seed)
+    group = s.group
+    run_seed = group.broadcast_seed(draw_seed() if s.seed is None else int(s.seed))
     with fork_rng(run_seed):
         guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
         table = guide.network.families if guide is not None else make_families(s.families)
@@ -524,16 +581,18 @@ def _train(s) -> Guide:
                             encoder=s.encoder, embedding=s.embedding, config=s.config, families=s.families,
                             device=s.device)
         guide.metadata.update(s.metadata or {})
+        guide.metadata["world_size"] = group.world_size
         trainer = Trainer(guide, sampler, validation, default_lr(guide) if s.lr is None else s.lr, s.batch_size,
-                          s.device)
+                          s.device, group)
         budget = Budget(s.num_traces, s.minutes)
-        pieces = [budget, LearningRateSchedule(budget), Validation(s.validate_every),
-                  *([Checkpoint(s.checkpoint, s.checkpoint_every)] if s.checkpoint is not None else []),
-                  FailureLimit(s.max_failure_rate, s.failure_window), ProgressBar(s.num_traces, s.progress),
+        main = group.is_main  # rank 0 alone validates, saves and shows progress
+        pieces = [budget, LearningRateSchedule(budget), *([Validation(s.validate_every)] if main else []),
+                  *([Checkpoint(s.checkpoint, s.checkpoint_every)] if s.checkpoint is not None and main else []),
+                  FailureLimit(s.max_failure_rate, s.failure_window), ProgressBar(s.num_traces, s.progress and main),
                   *s.callbacks]
         stats = RunStats(seed=run_seed, budget_traces=s.num_traces, batch_size=s.batch_size,
                          failed_validation_traces=failures.failures, last_failure=failures.last)
-        stream_seed = run_seed + guide.traces_trained
+        stream_seed = rank_seed(run_seed + guide.traces_trained, group.rank)
         deadline = None if s.minutes is None else time.monotonic() + 60 * s.minutes
         stream = batch_stream(sampler, s.batch_size, stream_seed, s.workers, s.trace_timeout, deadline)
         with limited_threads(_torch_threads(s.threads, s.workers)):
@@ -542,6 +601,11 @@ def _train(s) -> Guide:
             except ModelFailureError as e:
                 raise _with_guide(e, guide, stats) from None
     return guide
+
+
+def _state_tensors(net) -> list:
+    """The network's floating-point parameters and buffers, in the order the network holds them."""
+    return [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
 
 
 def _with_guide(error, guide, stats):
@@ -582,7 +646,7 @@ def _checked_settings(s):
     if s.workers is not None and (isinstance(s.workers, bool) or not isinstance(s.workers, numbers.Integral)
                                   or s.workers < 0):
         raise ValueError(f"workers must be 0 or a positive int, got {s.workers!r}")
-    s.workers = min(4, os.cpu_count() or 1) if s.workers is None else s.workers
+    s.workers = min(4, rank_cores()) if s.workers is None else s.workers
     return s
 
 
@@ -625,4 +689,4 @@ def _torch_threads(threads, workers) -> int:
     with ``workers=0`` torch keeps its own setting (a simulator's NumPy is held to one thread)."""
     if threads is not None:
         return threads
-    return max(1, (os.cpu_count() or 1) - workers) if workers > 0 else torch.get_num_threads()
+    return max(1, rank_cores() - workers) if workers > 0 else torch.get_num_threads()

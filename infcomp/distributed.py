@@ -1,0 +1,175 @@
+"""Data-parallel training over ``torch.distributed``: each rank draws its own traces, every rank
+takes the same step.
+
+Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``) :func:`join` sets up the default process group (gloo on the CPU, NCCL on
+CUDA) unless the caller already has; a plain process gets :class:`Solo`, whose collectives
+do nothing.  The process group is left up when training ends, for the caller's later work.
+
+The invariant: at every step each rank holds the same network, with its parameters in the
+same order, and the same optimiser state.  Three agreements keep it (:meth:`Group.agree`,
+one small all-reduce before every step, then what it calls for):
+
+1. *Addresses.*  The network grows a module for each address it meets.  Where any rank's
+   batch holds addresses new to the network, the ranks all-gather those addresses' specs and
+   every rank adds the union in one order (rank, then the order its batch met them); rank 0's
+   initial weights of the new modules are then broadcast to all.
+2. *Gradients.*  Each rank backpropagates the *sum* of its traces' losses; the gradients are
+   all-reduced and divided by the step's traces over all ranks: the gradient of the mean over
+   the union of the ranks' batches, so a step on ``world_size`` batches of ``B`` is a step on
+   one batch of ``world_size * B``.  A parameter no rank's batch reached keeps no gradient on
+   any rank (Adam skips it, as a single process would).
+3. *Stopping.*  A rank whose stopping rule fires (or whose trace stream ended) says so in
+   the next agreement, and every rank stops there, so no rank waits on a collective another
+   has left.
+
+torch's ``DistributedDataParallel`` wrapper is not used: its reducer fixes the parameter set
+when it is built, and a guide's network grows as addresses appear; the flat all-reduce here
+is the same arithmetic, without overlapping communication with the backward pass.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .traces import SiteSpec
+
+__all__ = ["Group", "Solo", "join", "launched", "rank_cores", "rank_seed"]
+
+
+def launched() -> bool:
+    """Whether this process is one rank of several: a process group is up, or the launcher's
+    environment (``WORLD_SIZE`` above 1) asks for one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank_cores() -> int:
+    """The CPU cores this process may count as its own: the machine's, split evenly between the
+    ranks the launcher started on it (``LOCAL_WORLD_SIZE``); at least one."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+    return max(1, (os.cpu_count() or 1) // max(ranks, 1))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed rank ``rank``'s trace stream draws from (rank 0's is ``seed`` itself, so a
+    one-rank run draws what a plain run does); far enough apart that ranks' workers never share one."""
+    return seed + 1_000_003 * rank
+
+
+class Solo:
+    """One process: every agreement is its own say, every collective does nothing."""
+
+    rank, world_size, local_rank, is_main = 0, 1, 0, True
+
+    def device(self, device) -> torch.device:
+        return torch.device(device)
+
+    def agree(self, stop: bool, counts: tuple, new_specs: list, seconds: float):
+        return stop, tuple(counts), list(new_specs), seconds
+
+    def broadcast_seed(self, seed: int) -> int:
+        return seed
+
+    def broadcast_parameters(self, parameters) -> None:
+        pass
+
+
+class Group(Solo):
+    """This process's place in the default process group, and the collectives training needs.
+
+    Collectives go through tensors on ``comm_device``: the rank's CUDA device under NCCL, the CPU
+    under gloo.  Every method is a collective: each rank must call it, in the same order."""
+
+    def __init__(self):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.is_main = self.rank == 0
+        nccl = dist.get_backend() == "nccl"
+        self.comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+    def device(self, device) -> torch.device:
+        """``device`` for this rank: plain ``"cuda"`` becomes this rank's own GPU (``LOCAL_RANK``)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", self.local_rank)
+        return device
+
+    def agree(self, stop: bool, counts: tuple, new_specs: list, seconds: float):
+        """One all-reduce of every rank's say: ``(stop, counts, new specs, seconds)`` over all ranks.
+
+        ``stop`` comes back true where any rank's is, each of ``counts`` (ints) summed, the
+        specs new to the network on any rank in one order, the same on every rank (each named
+        once, the lower rank's first), and the ranks' mean ``seconds`` (so that a budget in
+        minutes, and the learning rate that follows it, is read alike on every rank)."""
+        say = torch.tensor([float(stop), seconds, len(new_specs), *counts], dtype=torch.float64,
+                           device=self.comm_device)
+        dist.all_reduce(say)
+        stop, seconds, new, *counts = say.tolist()
+        union = {}
+        if new:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, [s.to_dict() for s in new_specs])
+            for specs in gathered:
+                for d in specs:
+                    union.setdefault(d["name"], d)
+        return stop > 0, tuple(round(c) for c in counts), [SiteSpec.from_dict(d) for d in union.values()], \
+            seconds / self.world_size
+
+    def broadcast_seed(self, seed: int) -> int:
+        """Rank 0's ``seed``, on every rank."""
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        return int(box[0])
+
+    def broadcast_parameters(self, parameters) -> None:
+        """Rank 0's values of ``parameters`` (in one order on every rank), copied to every rank."""
+        parameters = list(parameters)
+        if not parameters:
+            return
+        flat = torch.cat([p.detach().reshape(-1) for p in parameters]).to(self.comm_device)
+        dist.broadcast(flat, src=0)
+        with torch.no_grad():
+            for p, v in zip(parameters, flat.split([p.numel() for p in parameters])):
+                p.copy_(v.view_as(p))
+
+    def reduce_gradients(self, parameters, traces: int, loss: float) -> float:
+        """Sum every rank's gradients of ``parameters`` and divide by ``traces`` (the step's over
+        all ranks), in one flat all-reduce that also sums the ranks' ``loss``, returned; a
+        parameter with no gradient on any rank keeps none."""
+        parameters = list(parameters)
+        dtype, device = parameters[0].dtype, parameters[0].device
+        parts = [p.grad.reshape(-1).to(dtype) if p.grad is not None else p.new_zeros(p.numel())
+                 for p in parameters]
+        parts.append(torch.tensor([float(p.grad is not None) for p in parameters] + [loss], dtype=dtype,
+                                  device=device))
+        flat = torch.cat(parts).to(self.comm_device)
+        dist.all_reduce(flat)
+        *grads, reached = flat.to(device).split([p.numel() for p in parameters] + [len(parameters) + 1])
+        reached = reached.tolist()
+        for p, g, r in zip(parameters, grads, reached):
+            p.grad = g.view_as(p) / max(traces, 1) if r > 0 else None
+        return reached[-1]
+
+
+def join(device="cpu"):
+    """This process's :class:`Group`, setting up the default process group where the launcher's
+    environment asks for one and the caller has not (gloo for a CPU ``device``, NCCL for CUDA);
+    else :class:`Solo`.  A RuntimeError naming what is missing where ``WORLD_SIZE`` is set above 1
+    but the rest of the launcher's environment is not."""
+    if not launched():
+        return Solo()
+    if not dist.is_initialized():
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training, but "
+                               f"{', '.join(missing)} is not set: launch with torchrun, or unset WORLD_SIZE")
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Group()
