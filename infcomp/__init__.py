@@ -14,11 +14,12 @@ from .nn.encoders import CNNConfig
 from .nn.network import NetworkConfig
 from .nn.proposals import ProposalFamily, register_family
 from .posterior import Marginal, Posterior
+from .shards import TraceShards, save_traces
 from .temper import temper
 from .train import Callback, RunStats, compile
 
 __all__ = [
-    "compile", "infer", "greedy", "guide_marginal", "GuideMarginal", "fit_recalibration", "Recalibration", "temper", "load", "Guide", "Posterior", "Marginal", "abc", "diagnostics",
+    "compile", "save_traces", "TraceShards", "infer", "greedy", "guide_marginal", "GuideMarginal", "fit_recalibration", "Recalibration", "temper", "load", "Guide", "Posterior", "Marginal", "abc", "diagnostics",
     "NetworkConfig", "CNNConfig", "ProposalFamily", "register_family", "Callback", "RunStats",
 ]
 __version__ = "0.1.0"

@@ -40,7 +40,8 @@ from .guide import Guide, build_guide, default_lr
 from .nn.proposals import make_families
 from .rng import draw_seed, fork_rng
 from .threads import limited_threads
-from .traces import PriorSampler, normalize_observe
+from .shards import Mixed, TraceShards, shard_batches
+from .traces import PriorSampler, check_consistent, normalize_observe
 
 __all__ = [
     "compile", "Trainer", "RunStats", "Callback", "Budget", "LearningRateSchedule", "Validation", "Checkpoint",
@@ -133,17 +134,21 @@ class Callback:
 
 
 class Budget(Callback):
-    """The stopping rule: the run ends once it has trained ``num_traces`` fresh traces or run
-    for ``minutes`` (whichever comes first; ``None`` is no limit of that kind)."""
+    """The stopping rule: the run ends once it has trained ``num_traces`` fresh traces,
+    ``trained_traces`` traces in all (repeats of stored ones counted again) or run for
+    ``minutes``, whichever comes first; ``None`` is no limit of that kind."""
 
-    def __init__(self, num_traces=None, minutes=None):
-        self.num_traces, self.minutes = num_traces, minutes
+    def __init__(self, num_traces=None, minutes=None, trained_traces=None):
+        self.num_traces, self.minutes, self.trained_traces = num_traces, minutes, trained_traces
 
     def fraction(self, stats: RunStats) -> float:
-        """The share of the budget spent: the larger of the traces' and the time's (1 or more: all of it)."""
+        """The share of the budget spent: the largest of the traces', trained traces' and the time's
+        (1 or more: all of it)."""
         shares = [0.0]
         if self.num_traces is not None:
             shares.append(stats.traces / self.num_traces if self.num_traces > 0 else math.inf)
+        if self.trained_traces is not None:
+            shares.append(stats.trained_traces / max(self.trained_traces, 1))
         if self.minutes is not None:
             shares.append(stats.seconds / (60 * self.minutes) if self.minutes > 0 else math.inf)
         return max(shares)
@@ -263,12 +268,13 @@ class Checkpoint(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar of the fresh traces trained (out of ``total``, where the budget counts traces),
-    with the train and validation loss of the latest evaluation and the failed traces skipped.
-    Where stderr is not a terminal (a log file) it is redrawn at most every ``log_interval`` seconds."""
+    """A tqdm bar of the fresh traces trained (out of ``total``, where the budget counts traces;
+    with ``count="trained_traces"``, of every trace trained, repeats too), with the train and
+    validation loss of the latest evaluation and the failed traces skipped.  Where stderr is not
+    a terminal (a log file) it is redrawn at most every ``log_interval`` seconds."""
 
-    def __init__(self, total=None, enabled: bool = True, log_interval: float = 5.0):
-        self.total, self.enabled, self.log_interval = total, enabled, log_interval
+    def __init__(self, total=None, enabled: bool = True, log_interval: float = 5.0, count: str = "traces"):
+        self.total, self.enabled, self.log_interval, self.count = total, enabled, log_interval, count
         self.bar = None
 
     def on_start(self, trainer):
@@ -278,9 +284,10 @@ class ProgressBar(Callback):
         self.shown, self.validations, self.failed = 0, 0, 0
 
     def on_step(self, trainer, stats):
-        if stats.traces > self.shown:
-            self.bar.update(stats.traces - self.shown)
-            self.shown = stats.traces
+        done = getattr(stats, self.count)
+        if done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
         if stats.validations > self.validations or stats.failed_traces > self.failed:
             self.validations, self.failed = stats.validations, stats.failed_traces
             failed = {"failed": stats.failed_traces} if stats.failed_traces else {}
@@ -469,7 +476,7 @@ class Trainer:
         try:
             return next(stream)
         except StopIteration:
-            stats.stopped_waiting = True
+            stats.stopped_waiting = not getattr(stream, "finite", False)  # a dataset's end is no stall
             self.stop()
             return None, False
         finally:
@@ -509,7 +516,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
             batch_size=64, lr=None, workers=None, echo=1.0, threads=None, seed=None, device="cpu", encoder=None,
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
             checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
-            metadata=None, progress=True, callbacks=()) -> Guide:
+            metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws.
 
     :param observe: the observed site name, or a list of them.
@@ -552,6 +559,20 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param metadata: entries for ``guide.metadata`` (saved with the guide, checkpoints included).
     :param callbacks: more :class:`Callback` objects, called after the built-in ones at the start,
         after every step and at the end of the run (they may end it with ``trainer.stop()``).
+    :param traces: a trace dataset (a folder from :func:`~infcomp.shards.save_traces`, or its
+        :class:`~infcomp.shards.TraceShards`) to train on, ``epochs`` passes over it (each pass
+        in a new order, shuffled across shards; each rank its own share of the shards), with a
+        ``fresh_share`` of the batches drawn fresh from the model instead.  Without ``num_traces``
+        or ``minutes`` the epochs are the budget.  The validation set is still drawn from the model.
+
+    Under ``torchrun`` (``WORLD_SIZE`` and the rest of the launcher's environment set) every rank
+    calls ``compile`` with the same arguments and trains one network data-parallel
+    (:mod:`~infcomp.distributed`): each rank draws its own traces (its own seed, its own
+    ``workers``, which default to its share of the cores), the steps average over all ranks'
+    batches, and ``num_traces`` counts the traces of all ranks.  Rank 0 alone validates, shows
+    progress and writes the checkpoint; every rank returns the same network, rank 0's with the
+    validation history.  ``guide.metadata["world_size"]`` records the ranks of the latest run;
+    a checkpoint resumes on any number of them.
     """
     s = _checked_settings(types.SimpleNamespace(**locals()))
     if s.checkpoint is not None:
@@ -577,6 +598,8 @@ def _train(s) -> Guide:
         failures = FailureWindow(s.max_failure_rate, s.failure_window)
         validation = draw_records(sampler, s.validation_size, failures)
         _check_validation(validation, s.observe)
+        if s.traces is not None:
+            _add_stored_sites(sampler, s.traces)
         guide = build_guide(s.model, s.observe, validation, s.model_args, model_kwargs, guide=guide,
                             encoder=s.encoder, embedding=s.embedding, config=s.config, families=s.families,
                             device=s.device)
@@ -584,23 +607,51 @@ def _train(s) -> Guide:
         guide.metadata["world_size"] = group.world_size
         trainer = Trainer(guide, sampler, validation, default_lr(guide) if s.lr is None else s.lr, s.batch_size,
                           s.device, group)
-        budget = Budget(s.num_traces, s.minutes)
+        epochs = None if s.traces is None or s.num_traces or s.minutes else \
+            math.ceil(s.epochs * s.traces.num_traces / (1 - s.fresh_share))  # fresh batches come on top
+        budget = Budget(s.num_traces, s.minutes, epochs)
         main = group.is_main  # rank 0 alone validates, saves and shows progress
         pieces = [budget, LearningRateSchedule(budget), *([Validation(s.validate_every)] if main else []),
                   *([Checkpoint(s.checkpoint, s.checkpoint_every)] if s.checkpoint is not None and main else []),
-                  FailureLimit(s.max_failure_rate, s.failure_window), ProgressBar(s.num_traces, s.progress and main),
+                  FailureLimit(s.max_failure_rate, s.failure_window),
+                  ProgressBar(epochs or s.num_traces, s.progress and main, count="trained_traces" if epochs else "traces"),
                   *s.callbacks]
         stats = RunStats(seed=run_seed, budget_traces=s.num_traces, batch_size=s.batch_size,
                          failed_validation_traces=failures.failures, last_failure=failures.last)
         stream_seed = rank_seed(run_seed + guide.traces_trained, group.rank)
         deadline = None if s.minutes is None else time.monotonic() + 60 * s.minutes
-        stream = batch_stream(sampler, s.batch_size, stream_seed, s.workers, s.trace_timeout, deadline)
         with limited_threads(_torch_threads(s.threads, s.workers)):
             try:
-                trainer.run(Echo(stream, s.echo, seed=stream_seed), pieces, stats)
+                trainer.run(_stream(s, sampler, stream_seed, deadline), pieces, stats)
             except ModelFailureError as e:
                 raise _with_guide(e, guide, stats) from None
     return guide
+
+
+def _stream(s, sampler, seed, deadline):
+    """The run's ``(batch, fresh)`` pairs: prior draws (echoed), or the trace dataset with a
+    ``fresh_share`` of them mixed in."""
+    prior = None
+    if s.traces is None or s.fresh_share > 0:
+        prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline), s.echo, seed=seed)
+    if s.traces is None:
+        return prior
+    stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed, s.workers, s.group.rank,
+                           s.group.world_size)
+    return Mixed(stored, prior, s.fresh_share, seed)
+
+
+def _add_stored_sites(sampler, shards):
+    """The dataset's addresses added to the sampler's table, each checked against the model's
+    entry where the model has met it (ValueError naming the address and the dataset)."""
+    for name, spec in shards.specs().items():
+        if name not in sampler.specs:
+            sampler.specs[name] = spec
+            continue
+        try:
+            check_consistent(spec, sampler.specs[name])  # "before": in the dataset; "now": the model's
+        except ValueError as e:
+            raise ValueError(f"the trace dataset {shards.path} does not fit the model: {e}") from None
 
 
 def _state_tensors(net) -> list:
@@ -630,7 +681,8 @@ def _checked_settings(s):
     the argument, before any work, for a value that cannot be right."""
     s.observe, s.callbacks = normalize_observe(s.observe), _checked_callbacks(s.callbacks)
     check_echo(s.echo)
-    if s.num_traces is None and s.minutes is None:
+    _checked_dataset(s)
+    if s.num_traces is None and s.minutes is None and s.traces is None:
         s.num_traces = 10_000
     for name in ("num_traces", "minutes", "trace_timeout"):
         if getattr(s, name) is not None:
@@ -648,6 +700,21 @@ def _checked_settings(s):
         raise ValueError(f"workers must be 0 or a positive int, got {s.workers!r}")
     s.workers = min(4, rank_cores()) if s.workers is None else s.workers
     return s
+
+
+def _checked_dataset(s):
+    """``s.traces`` as a complete :class:`~infcomp.shards.TraceShards` of the observed sites (else an
+    error naming the folder), with ``epochs`` and ``fresh_share`` checked."""
+    if s.traces is None:
+        return
+    _positive("epochs", s.epochs, numbers.Integral)
+    if isinstance(s.fresh_share, bool) or not isinstance(s.fresh_share, numbers.Real) or not 0 <= s.fresh_share < 1:
+        raise ValueError(f"fresh_share must be a share in [0, 1), got {s.fresh_share!r}")
+    if not isinstance(s.traces, TraceShards):
+        s.traces = TraceShards(s.traces)
+    s.traces.check_complete()
+    if tuple(s.traces.observe) != tuple(s.observe):
+        raise ValueError(f"the trace dataset {s.traces.path} observes {list(s.traces.observe)}, not {list(s.observe)}")
 
 
 def _check_overwrite(path, guide, overwrite):
