@@ -145,3 +145,19 @@ def test_a_dataset_that_does_not_fit_the_compile_is_refused(tmp_path, dataset):
     gaussian_data = save_traces(gaussian, tmp_path / "g", 64, observe="y", workers=0, progress=False)
     assert infcomp.compile(gaussian, "y", traces=gaussian_data, workers=0, validation_size=8,
                            progress=False).last_run.trained_traces == 64
+
+
+def test_the_command_line_writes_a_style_s_traces_and_compiles_a_breaker_on_them(tmp_path, capsys):
+    from infcomp_models.captcha.cli import main
+
+    data, out = tmp_path / "baidu", tmp_path / "baidu.pt"
+    assert main(["traces", "--style", "baidu2011", "-n", "96", "--out", str(data), "--shard-size", "48",
+                 "--workers", "0", "--quiet"]) == 0
+    assert "wrote 96 prior traces of style 'baidu2011'" in capsys.readouterr().out
+    assert TraceShards(data).num_traces == 96
+    assert main(["compile", "--style", "baidu2011", "--from-traces", str(data), "--epochs", "2", "--batch-size", "32",
+                 "--out", str(out), "--workers", "0", "--calibration-draws", "0", "--quiet"]) == 0
+    assert infcomp.load(out).last_run.trained_traces == 192
+    assert main(["compile", "--style", "baidu2011", "--from-traces", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "x.pt"), "--workers", "0", "--quiet"]) == 2
+    assert "none holds no trace dataset" in capsys.readouterr().err

@@ -3,6 +3,9 @@
     infcomp styles
     infcomp samples --style S -n 64 --out grid.png
     infcomp compile --style S --minutes M --out S.pt      (resumes if S.pt exists)
+    infcomp traces --style S -n N --out DIR               (a trace dataset; resumes if DIR holds its start)
+    infcomp compile --style S --from-traces DIR --epochs E --out S.pt
+    torchrun --nproc_per_node R -m infcomp_models.captcha.cli compile ...   (R ranks, data-parallel)
     infcomp break S.pt FILE... [--json]
     infcomp evaluate S.pt -n 1000 [--json]
     infcomp calibrate S.pt -n 1000 [--plot calibration.png] [--json]
@@ -11,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import hashlib
 import json
 import math
@@ -18,8 +23,10 @@ import signal
 import sys
 from pathlib import Path
 
+import infcomp
 from infcomp import CNNConfig
 from infcomp.data import ModelFailureError
+from infcomp.distributed import join
 from infcomp.files import check_writable, output_lock
 from infcomp_models import captcha
 
@@ -187,11 +194,30 @@ def cmd_compile(args):
     except OSError as e:
         raise ValueError(f"--out {out}: cannot create its directory {out.parent} ({e.strerror})") from None
     check_writable(out, "--out")
-    with output_lock(out, "--out"):  # held from the resume's load to the last save: one compile per file
-        return _compile_locked(args, style, out)
+    group = join(args.device)  # under torchrun: this rank's place; rank 0 alone writes --out and prints
+    # held from the resume's load to the last save: one compile per file
+    with output_lock(out, "--out") if group.is_main else contextlib.nullcontext():
+        return _compile_locked(args, style, out, group.is_main)
 
 
-def _compile_locked(args, style, out):
+def _silent(*args, **kwargs):
+    pass
+
+
+def cmd_traces(args):
+    style = captcha.get_style(args.style)
+    shards = infcomp.save_traces(style.model, args.out, args.n, observe="image", shard_size=args.shard_size,
+                                 seed=args.seed, workers=args.workers, observations=args.observations,
+                                 progress=not args.quiet)
+    size = sum(Path(f).stat().st_size for f in shards.files)
+    print(f"wrote {shards.num_traces} prior traces of style {style.name!r} to {args.out} "
+          f"({len(shards.files)} shards, {size / 2**20:.1f} MiB)")
+
+
+def _compile_locked(args, style, out, main=True):
+    """The compile, once ``out`` is locked; ``main``: this process is rank 0 (or the only one), which
+    prints and writes the loss curve and the calibration (another rank returns 0 once trained)."""
+    print = builtins.print if main else _silent
     guide = None
     config, cnn = _options(args, NETWORK_OPTIONS), _options(args, ENCODER_OPTIONS)
     encoder = None
@@ -210,7 +236,7 @@ def _compile_locked(args, style, out):
         own = [(key, value) for key, _, value in CNNConfig().differences(style.encoder) if key not in cnn]
         if own:
             print(f"new breaker with the style's {', '.join(_shown(key, value) for key, value in own)}")
-    if args.minutes is None and args.traces is None:
+    if args.minutes is None and args.traces is None and args.from_traces is None:
         args.minutes = 5.0
     # a scheduler's or `kill`'s SIGTERM ends the run like Ctrl-C: saved, resumable
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -220,7 +246,8 @@ def _compile_locked(args, style, out):
             batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=not args.quiet, checkpoint=out,
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
             config=config or None, encoder=encoder, overwrite=True,  # resumed from out, or --fresh, or new
-            max_failure_rate=args.max_failure_rate, trace_timeout=args.trace_timeout,
+            max_failure_rate=args.max_failure_rate, trace_timeout=args.trace_timeout, device=args.device,
+            traces=args.from_traces, epochs=args.epochs, fresh_share=args.fresh_share,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -230,6 +257,8 @@ def _compile_locked(args, style, out):
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not main:
+        return 0
     run = guide.last_run
     curve = save_loss_curve(guide, out.with_suffix(".loss.png"))
     note = f" ({run.budget_note})" if run.budget_note else ""
@@ -693,8 +722,28 @@ def build_parser():
     s.add_argument("--calibration-draws", type=_not_negative, default=breaker.CALIBRATION_DRAWS, metavar="N",
                    help="fit the reading probabilities' recalibration on N fresh draws of the style once compiled, "
                         "and save it with the breaker (0: every read fits it anew)")
+    s.add_argument("--device", default="cpu", help="where the network trains: cpu, cuda (under torchrun: each "
+                   "rank its own GPU) or cuda:N")
+    s.add_argument("--from-traces", metavar="DIR", default=None,
+                   help="train on a trace dataset from 'infcomp traces' (its epochs are the budget unless "
+                        "--minutes or --traces is given)")
+    s.add_argument("--epochs", type=_positive_int, default=1, help="with --from-traces: passes over the dataset")
+    s.add_argument("--fresh-share", type=float, default=0.0, metavar="P",
+                   help="with --from-traces: this share of the batches drawn fresh from the style instead")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("traces", help="write a dataset of a style's prior traces (resumes a DIR cut short)")
+    s.add_argument("--style", required=True)
+    s.add_argument("-n", type=_at_least_one, required=True, help="how many traces (at least 1)")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--shard-size", type=_at_least_one, default=1024, help="traces per shard file")
+    s.add_argument("--observations", choices=infcomp.shards.OBSERVATIONS, default="uint8",
+                   help="images as drawn (exact, float32) or quantised to 256 levels per shard (uint8, the default)")
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_traces)
 
     s = sub.add_parser("calibrate", help="simulation-based calibration of a breaker on fresh draws of its style")
     s.add_argument("model", help="a breaker file from 'infcomp compile'")
