@@ -49,10 +49,12 @@ def launched() -> bool:
 
 
 def rank_cores() -> int:
-    """The CPU cores this process may count as its own: the machine's, split evenly between the
-    ranks the launcher started on it (``LOCAL_WORLD_SIZE``); at least one."""
+    """The CPU cores this process may count as its own: those it may run on (its affinity, as
+    ``taskset`` or a container sets it), split evenly between the ranks the launcher started on
+    the machine (``LOCAL_WORLD_SIZE``); at least one."""
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
-    return max(1, (os.cpu_count() or 1) // max(ranks, 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(ranks, 1))
 
 
 def rank_seed(seed: int, rank: int) -> int:
