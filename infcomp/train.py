@@ -14,6 +14,15 @@ every step: the stopping rule (:class:`Budget`), the learning-rate schedule
 checkpoints (:class:`Checkpoint`), the limit on the model's failures
 (:class:`FailureLimit`) and the progress bar (:class:`ProgressBar`).
 A run's figures are one :class:`RunStats`, which the guide keeps as ``guide.last_run``.
+
+Under ``torchrun`` (``WORLD_SIZE`` and the rest of the launcher's environment set) every rank
+calls :func:`compile` with the same arguments and trains one network data-parallel
+(:mod:`~infcomp.distributed`): each rank draws its own traces (its own seed, its own
+``workers``, which default to its share of the cores), the steps average over all ranks'
+batches, and ``num_traces`` counts the traces of all ranks.  Rank 0 alone validates, shows
+progress and writes the checkpoint; every rank returns the same network weights, rank 0's
+with the validation history.  ``guide.metadata["world_size"]`` records the ranks of the
+latest run; a checkpoint resumes on any number of them.
 """
 
 from __future__ import annotations
@@ -506,7 +515,7 @@ class Trainer:
         stats.last_failure = batch.error or stats.last_failure
         if traces == 0:
             return
-        stats.loss = self.step(batch, traces)
+        stats.loss = self.step(batch) if self.group.world_size == 1 else self.step(batch, traces)
         stats.steps, stats.trained_traces = stats.steps + 1, stats.trained_traces + traces
         stats.traces += fresh_traces
         self.guide.traces_trained += fresh_traces
@@ -517,7 +526,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
             checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
             metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0) -> Guide:
-    """Compile ``model`` into a guide by training on its prior draws.
+    """Compile ``model`` into a guide by training on its prior draws (under ``torchrun``: see above).
 
     :param observe: the observed site name, or a list of them.
     :param num_traces: a positive int: train on this many more fresh traces (default 10,000 if
@@ -543,8 +552,8 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param families: proposal family classes to fit to the sites, beyond the registered ones.
     :param lr: Adam's learning rate (default: :func:`~infcomp.guide.default_lr`); it stays there
         for the first half of the run, then decays along a cosine to 5% of it.
-    :param validation_size: a positive int: prior traces in the validation set.
-    :param validate_every: seconds between validation-loss evaluations.
+    :param validation_size: a positive int: prior traces in the validation set, evaluated every
+        ``validate_every`` seconds.
     :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
         end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
         save); ``compile(..., guide=infcomp.load(checkpoint))`` goes on from there.  Its directory
@@ -559,20 +568,8 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param metadata: entries for ``guide.metadata`` (saved with the guide, checkpoints included).
     :param callbacks: more :class:`Callback` objects, called after the built-in ones at the start,
         after every step and at the end of the run (they may end it with ``trainer.stop()``).
-    :param traces: a trace dataset (a folder from :func:`~infcomp.shards.save_traces`, or its
-        :class:`~infcomp.shards.TraceShards`) to train on, ``epochs`` passes over it (each pass
-        in a new order, shuffled across shards; each rank its own share of the shards), with a
-        ``fresh_share`` of the batches drawn fresh from the model instead.  Without ``num_traces``
-        or ``minutes`` the epochs are the budget.  The validation set is still drawn from the model.
-
-    Under ``torchrun`` (``WORLD_SIZE`` and the rest of the launcher's environment set) every rank
-    calls ``compile`` with the same arguments and trains one network data-parallel
-    (:mod:`~infcomp.distributed`): each rank draws its own traces (its own seed, its own
-    ``workers``, which default to its share of the cores), the steps average over all ranks'
-    batches, and ``num_traces`` counts the traces of all ranks.  Rank 0 alone validates, shows
-    progress and writes the checkpoint; every rank returns the same network, rank 0's with the
-    validation history.  ``guide.metadata["world_size"]`` records the ranks of the latest run;
-    a checkpoint resumes on any number of them.
+    :param traces: a folder from :func:`~infcomp.save_traces` to train on for ``epochs`` shuffled passes,
+        ``fresh_share`` of the batches drawn fresh instead; without another budget the epochs are it.
     """
     s = _checked_settings(types.SimpleNamespace(**locals()))
     if s.checkpoint is not None:
@@ -636,6 +633,9 @@ def _stream(s, sampler, seed, deadline):
         prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline), s.echo, seed=seed)
     if s.traces is None:
         return prior
+    if len(s.traces.files) < s.group.world_size:  # a rank with no share would end every rank's run at once
+        raise ValueError(f"the trace dataset {s.traces.path} has {len(s.traces.files)} shards for "
+                         f"{s.group.world_size} ranks: write it with a smaller shard_size (one shard a rank at least)")
     stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed, s.workers, s.group.rank,
                            s.group.world_size)
     return Mixed(stored, prior, s.fresh_share, seed)
