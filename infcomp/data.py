@@ -186,16 +186,16 @@ class FailureWindow:
             f"its last failure: {self.last}", self.last)
 
 
-def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow) -> list:
+def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow, what: str = "the validation set") -> list:
     """``n`` traces drawn in this process, failed ones skipped and counted in ``failures``
-    (:class:`ModelFailureError` once its rate is exceeded)."""
+    (:class:`ModelFailureError` naming ``what`` was being drawn, once its rate is exceeded)."""
     records = []
     while len(records) < n:
         r = _sample(sampler, None)
         if isinstance(r, str):
             failures.record(0, 1, r)
             if failures.exceeded():
-                raise failures.error("the validation set")
+                raise failures.error(what)
         else:
             records.append(r)
             failures.record(1, 0)

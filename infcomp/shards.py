@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from .data import FailureWindow, _init_worker, _sample, collate, draw_records
+from .data import FailureWindow, _init_worker, collate, draw_records
 from .rng import fork_rng
 from .traces import PriorSampler, SiteSpec, TraceRecord, check_consistent, normalize_observe
 
@@ -125,16 +125,7 @@ class _ShardWriter(Dataset):
         n = min(s["shard_size"], s["num_traces"] - index * s["shard_size"])
         failures = FailureWindow(self.max_failure_rate, max(n, 100))
         pyro.set_rng_seed(shard_seed(s["seed"], index))
-        records = []
-        while len(records) < n:
-            r = _sample(self.sampler, None)
-            if isinstance(r, str):
-                failures.record(0, 1, r)
-                if failures.exceeded():
-                    raise failures.error(f"shard {index} of {self.path}")
-            else:
-                records.append(r)
-                failures.record(1, 0)
+        records = draw_records(self.sampler, n, failures, f"shard {index} of {self.path}")
         tensors, header = _shard_tensors(records, self.sampler.observe, self.sampler.specs, s["observations"])
         _write_shard(os.path.join(self.path, _shard_name(index)), tensors, header)
         return n, failures.failures, failures.last
@@ -192,8 +183,8 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
     settings = {"observe": list(normalize_observe(observe)), "seed": int(seed), "shard_size": shard_size,
                 "num_traces": num_traces, "observations": observations}
     _checked_folder(path, settings)
-    count = -(-num_traces // shard_size)
-    todo = [i for i in range(count) if not os.path.exists(os.path.join(path, _shard_name(i)))]
+    shards = TraceShards(path)
+    todo = [i for i, f in enumerate(shards.files) if not os.path.exists(f)]
     sampler = PriorSampler(model, settings["observe"], model_args, model_kwargs, make_families(families))
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     done = num_traces - sum(min(shard_size, num_traces - i * shard_size) for i in todo)
@@ -209,7 +200,7 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
                 failed += shard_failed
                 if failed:
                     bar.set_postfix(failed=failed, refresh=False)
-    return TraceShards(path)
+    return shards
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -285,7 +276,7 @@ def _header(file) -> dict:
 
 
 def _restored(t, entry):
-    if entry["stored"] != "uint8" or entry["dtype"] == "uint8":
+    if entry["stored"] == entry["dtype"]:  # stored as drawn
         return t
     return (entry["low"] + entry["step"] * t.double()).to(getattr(torch, entry["dtype"]))
 

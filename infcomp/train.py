@@ -586,6 +586,9 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
 def _train(s) -> Guide:
     """The run :func:`compile` describes, on its checked settings ``s``."""
     group = s.group
+    if s.traces is not None and len(s.traces.files) < group.world_size:  # a rank with no share ends every rank's run
+        raise ValueError(f"the trace dataset {s.traces.path} has {len(s.traces.files)} shards for {group.world_size} "
+                         "ranks: write it with a smaller shard_size (one shard a rank at least)")
     run_seed = group.broadcast_seed(draw_seed() if s.seed is None else int(s.seed))
     with fork_rng(run_seed):
         guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
@@ -633,9 +636,6 @@ def _stream(s, sampler, seed, deadline):
         prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline), s.echo, seed=seed)
     if s.traces is None:
         return prior
-    if len(s.traces.files) < s.group.world_size:  # a rank with no share would end every rank's run at once
-        raise ValueError(f"the trace dataset {s.traces.path} has {len(s.traces.files)} shards for "
-                         f"{s.group.world_size} ranks: write it with a smaller shard_size (one shard a rank at least)")
     stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed, s.workers, s.group.rank,
                            s.group.world_size)
     return Mixed(stored, prior, s.fresh_share, seed)
