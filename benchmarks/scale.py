@@ -7,7 +7,7 @@
 same global batch (64 traces a step: one rank 64, two ranks 32 each, four 16), seed 0, under
 ``torchrun --standalone`` for more than one rank.  ``eval loss`` is the compiled guide's mean
 ``-log q`` (nats per trace) over one set of prior traces drawn from a fixed seed, the same for
-every run, and ``vs 1 rank`` its relative difference from the one-rank run's.  ``1 rank, seed 1``
+every run (less a trace with an address one of the runs never met), and ``vs 1 rank`` its relative difference from the one-rank run's.  ``1 rank, seed 1``
 is one rank again from another seed: the difference that chance alone makes, the yardstick for
 the ranks'.  ``traces/s`` is over all ranks, with the cores split
 between the ranks (``LOCAL_WORLD_SIZE``: each rank's trace workers and torch threads take its
@@ -17,8 +17,8 @@ the cores))``; it needs at least two cores a rank and is measured only where the
 *Trace datasets.*  ``infcomp.save_traces`` writes ``--dataset-traces`` traces of the CAPTCHA
 style (uint8 images; and ``exact`` float32 for its size), timed; then the dataset is read back
 (every shard, collated into batches of 64, in this process: ``read``), and compiled on for one
-epoch (``compile``), against the fresh-draw compile's rate.  On a CUDA machine (none here) the
-GPU rates are not measured by this script yet.
+epoch (``compile``), against the fresh-draw compile's rate.  On a CUDA machine, the CAPTCHA
+style is also compiled on the GPU by one rank whose trace workers take every core but one.
 """
 
 from __future__ import annotations
@@ -53,38 +53,46 @@ MODELS = {
 GLOBAL_BATCH = 64
 
 
-def evaluation_loss(guide, model, observe, n) -> float:
-    """The guide's mean ``-log q`` over ``n`` prior traces drawn from one fixed seed (the same set
-    for every run, whatever its own seed), leaving out the rare trace with an address it never met."""
-    sampler = PriorSampler(model, observe, specs=guide.network.specs)
+def evaluation_losses(guides, model, observe, n) -> tuple[list, int]:
+    """Each guide's mean ``-log q`` over one set of ``n`` prior traces drawn from a fixed seed (the
+    same for every run, whatever its own seed), less the rare trace with an address one of the
+    guides never met: ``(losses, traces left out)``, every guide weighed on the same traces."""
+    known = set.intersection(*(set(g.network.specs) for g in guides))
+    sampler = PriorSampler(model, observe, specs=dict(guides[0].network.specs))
     with fork_rng(12_345), torch.no_grad():
-        records = [r for r in (sampler.sample() for _ in range(n)) if set(r.structure) <= set(guide.network.specs)]
-        total = sum(float(-guide.network.log_q(collate(records[i:i + 256], sampler.specs)).sum())
-                    for i in range(0, len(records), 256))
-    return total / len(records)
+        drawn = [sampler.sample() for _ in range(n)]
+        records = [r for r in drawn if set(r.structure) <= known]
+        losses = [sum(float(-g.network.log_q(collate(records[i:i + 256], g.network.specs)).sum())
+                      for i in range(0, len(records), 256)) / len(records) for g in guides]
+    return losses, n - len(records)
 
 
-def compile_job(name, traces, out, seed):
+def compile_job(name, traces, out, seed, device):
     """One rank's part of a run (run under torchrun, or alone): compile ``name`` from ``seed`` and,
-    on rank 0, write its figures to ``out`` as JSON."""
+    on rank 0, write its figures to ``out`` as JSON and its guide beside it."""
     model, observe, _, validation = MODELS[name]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     kwargs = {"encoder": captcha.get_style(STYLE).encoder} if name == STYLE else {}
+    if device != "cpu":  # one rank feeding the device: every core draws traces
+        kwargs["workers"] = max(1, (os.cpu_count() or 2) - 1)
     guide = infcomp.compile(model, observe, traces, batch_size=GLOBAL_BATCH // world, seed=seed,
-                            validation_size=validation, progress=False, **kwargs)
+                            validation_size=validation, progress=False, device=device, **kwargs)
     if int(os.environ.get("RANK", "0")) == 0:
         run = guide.last_run
+        guide.network.cpu()
+        guide.save(out + ".guide.pt")
         with open(out, "w") as f:
-            json.dump({"validation_loss": evaluation_loss(guide, model, observe, validation), "traces": run.traces,
-                       "seconds": run.seconds, "rate": run.traces_per_second, "history": guide.history}, f)
+            json.dump({"traces": run.traces, "seconds": run.seconds, "rate": run.traces_per_second,
+                       "history": guide.history}, f)
 
 
-def launch(name, traces, ranks, cores_share=None, seed=0) -> dict:
+def launch(name, traces, ranks, cores_share=None, seed=0, device="cpu") -> dict:
     """Run :func:`compile_job` on ``ranks`` ranks (one: a plain process, on a ``1 / cores_share``
-    share of the cores where given) and return rank 0's figures."""
+    share of the cores where given) and return rank 0's figures, its guide as ``"guide"``."""
     fd, out = tempfile.mkstemp(suffix=".json")
     os.close(fd)
-    job = [__file__, "--job", name, "--job-traces", str(traces), "--job-out", out, "--job-seed", str(seed)]
+    job = [__file__, "--job", name, "--job-traces", str(traces), "--job-out", out, "--job-seed", str(seed),
+           "--job-device", device]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
     cores, share = os.cpu_count() or 1, None
     if ranks == 1:
@@ -99,23 +107,33 @@ def launch(name, traces, ranks, cores_share=None, seed=0) -> dict:
         result = json.load(f)
     os.remove(out)
     result["wall"] = time.perf_counter() - start
+    result["guide"] = infcomp.load(out + ".guide.pt")
+    os.remove(out + ".guide.pt")
     return result
 
 
 def loss_rows(args):
     rows = []
     for name in args.models:
-        traces = MODELS[name][2] // (8 if args.quick else 1)
-        one = launch(name, traces, 1)
-        runs = [("1 rank", one), ("1 rank, seed 1", launch(name, traces, 1, seed=1))]
+        model, observe, full, validation = MODELS[name]
+        traces = full // (8 if args.quick else 1)
+        runs = [("1 rank", launch(name, traces, 1)), ("1 rank, seed 1", launch(name, traces, 1, seed=1))]
         runs += [(f"{r} ranks", launch(name, traces, r)) for r in args.ranks if r > 1]
-        for label, run in runs:
-            rows.append({"model": name, "run": label, "traces": run["traces"], "loss": run["validation_loss"],
-                         "vs": (run["validation_loss"] - one["validation_loss"]) / abs(one["validation_loss"]),
-                         "rate": run["rate"], "history": run["history"]})
-            print(f"{name} {label}: {run['traces']:,} traces, eval loss {run['validation_loss']:.4f}, "
-                  f"{run['rate']:.0f} traces/s", flush=True)
+        losses, left_out = evaluation_losses([run["guide"] for _, run in runs], model, observe, validation)
+        for (label, run), loss in zip(runs, losses):
+            rows.append({"model": name, "run": label, "traces": run["traces"], "loss": loss,
+                         "vs": (loss - losses[0]) / abs(losses[0]), "rate": run["rate"], "history": run["history"]})
+            print(f"{name} {label}: {run['traces']:,} traces, eval loss {loss:.4f} ({left_out} of {validation} "
+                  f"evaluation traces left out), {run['rate']:.0f} traces/s", flush=True)
     return rows
+
+
+def gpu_rate(args):
+    """CAPTCHA training traces/s on this machine's GPU, one rank, every core but one drawing traces."""
+    if not torch.cuda.is_available():
+        return "GPU: not measured (no CUDA device)"
+    run = launch(STYLE, MODELS[STYLE][2] // (8 if args.quick else 1), 1, device="cuda")
+    return f"{STYLE} on {torch.cuda.get_device_name()}: {run['rate']:.0f} traces/s ({run['traces']:,} traces)"
 
 
 def efficiency(args):
@@ -190,9 +208,10 @@ def main():
     p.add_argument("--job-traces", type=int, help=argparse.SUPPRESS)
     p.add_argument("--job-out", help=argparse.SUPPRESS)
     p.add_argument("--job-seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--job-device", default="cpu", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.job:
-        return compile_job(args.job, args.job_traces, args.job_out, args.job_seed)
+        return compile_job(args.job, args.job_traces, args.job_out, args.job_seed, args.job_device)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}, "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
@@ -201,6 +220,7 @@ def main():
     for r in rows:
         print(f"| {r['model']} | {r['run']} | {r['traces']:,} | {r['loss']:.4f} | {100 * r['vs']:+.2f}% | {r['rate']:.0f} |")
     print(efficiency(args))
+    print(gpu_rate(args))
     fresh = next((r["rate"] for r in rows if r["model"] == STYLE and r["run"] == "1 rank"), None)
     data = dataset_rows(args, fresh)
     print(f"\n| {STYLE} dataset | traces/s | KiB a trace |\n| --- | --- | --- |")

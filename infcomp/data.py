@@ -57,17 +57,24 @@ class Batch:
     failed: int = 0  # traces drawn for this batch that failed (skipped: not in it)
     error: str = ""  # the last failure, "Type: message"
 
-    def to(self, device):
-        if str(device) == "cpu" or self.size == 0:
+    def map(self, fn) -> Batch:
+        """The batch with ``fn`` applied to every tensor of it (a copy; the counts kept)."""
+        groups = [replace(g, trace=fn(g.trace), step=fn(g.step), address=fn(g.address), slot=fn(g.slot),
+                          values=fn(g.values), contexts=fn(g.contexts)) for g in self.groups]
+        return replace(self, observation={k: fn(v) for k, v in self.observation.items()}, lengths=fn(self.lengths),
+                       groups=groups)
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        """The batch on ``device`` (itself where that is the CPU, or it is empty); from pinned
+        memory (:meth:`pin_memory`) a CUDA copy with ``non_blocking`` overlaps the work queued before it."""
+        if torch.device(device).type == "cpu" or self.size == 0:
             return self
-        mv = lambda t: t.to(device)  # noqa: E731
-        groups = [
-            replace(g, trace=mv(g.trace), step=mv(g.step), address=mv(g.address), slot=mv(g.slot),
-                    values=mv(g.values), contexts=mv(g.contexts))
-            for g in self.groups
-        ]
-        obs = {k: mv(v) for k, v in self.observation.items()}
-        return Batch(self.size, obs, mv(self.lengths), groups, self.specs)
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory: what a DataLoader with ``pin_memory=True`` calls, in
+        its pinning thread, for every batch its workers send."""
+        return self.map(lambda t: t.pin_memory())
 
 
 def collate(records: list, specs: dict) -> Batch:
@@ -240,19 +247,19 @@ def _init_worker(worker_id):
 
 
 def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int, trace_timeout=None,
-                 deadline=None):
+                 deadline=None, pin: bool = False):
     """An iterator of training batches, drawn in ``workers`` processes (0: in this one, which
     it seeds: see :class:`PriorTraceStream`).
 
-    With workers, ``trace_timeout`` (seconds) fails a trace that runs longer, and ``deadline``
-    (a ``time.monotonic()`` value) ends the stream (``StopIteration``) when no batch has come by
-    then.  With ``workers=0`` neither applies: a model that stalls in this process stalls the stream.
+    With workers, ``trace_timeout`` (seconds) fails a trace that runs longer, ``deadline`` (a
+    ``time.monotonic()`` value) ends the stream (``StopIteration``) when no batch has come by
+    then, and ``pin`` puts each batch in pinned memory (for a CUDA trainer) as it arrives.  With ``workers=0`` neither applies: a model that stalls in this process stalls the stream.
     """
     stream = PriorTraceStream(sampler, batch_size, seed, trace_timeout)
     if workers == 0:
         return iter(stream)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=_init_worker,
-                        timeout=0 if deadline is None else _POLL)
+                        timeout=0 if deadline is None else _POLL, pin_memory=pin)
     return _Deadline(iter(loader), deadline)
 
 

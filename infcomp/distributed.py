@@ -31,13 +31,14 @@ is the same arithmetic, without overlapping communication with the backward pass
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
-from .traces import SiteSpec
+from .traces import SiteSpec, check_consistent
 
-__all__ = ["Group", "Solo", "join", "launched", "rank_cores", "rank_seed"]
+__all__ = ["Group", "Say", "Solo", "join", "launched", "rank_cores", "rank_seed"]
 
 
 def launched() -> bool:
@@ -63,6 +64,23 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
+class Say(NamedTuple):
+    """What a rank says before a step, and what the ranks agreed (:meth:`Group.agree`).
+
+    ``stop``: a stopping rule fired here, or the trace stream stalled past its deadline
+    (``stalled``); ``ended``: this rank's share of a trace dataset is spent (it trains on, with
+    empty batches, until every rank's is); ``counts``: ints, summed; ``new_specs``: addresses new
+    to the network; ``seconds``: averaged; ``failure``: the model's latest error here (``""``)."""
+
+    stop: bool
+    ended: bool
+    stalled: bool
+    counts: tuple
+    new_specs: list
+    seconds: float
+    failure: str = ""
+
+
 class Solo:
     """One process: every agreement is its own say, every collective does nothing."""
 
@@ -71,13 +89,16 @@ class Solo:
     def device(self, device) -> torch.device:
         return torch.device(device)
 
-    def agree(self, stop: bool, counts: tuple, new_specs: list, seconds: float):
-        return stop, tuple(counts), list(new_specs), seconds
+    def agree(self, say: Say) -> Say:
+        return say._replace(stop=say.stop or say.ended, counts=tuple(say.counts), new_specs=list(say.new_specs))
 
     def broadcast_seed(self, seed: int) -> int:
         return seed
 
     def broadcast_parameters(self, parameters) -> None:
+        pass
+
+    def mean_norms(self, balancer) -> None:
         pass
 
 
@@ -95,32 +116,47 @@ class Group(Solo):
         self.comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def device(self, device) -> torch.device:
-        """``device`` for this rank: plain ``"cuda"`` becomes this rank's own GPU (``LOCAL_RANK``)."""
+        """``device`` for this rank: plain ``"cuda"`` becomes this rank's own GPU (``LOCAL_RANK``);
+        a numbered one other than that is a ValueError (every rank would share it)."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank)
+        elif device.type == "cuda" and device.index != self.local_rank:
+            raise ValueError(f"device {str(device)!r} on rank {self.rank}: under torchrun each rank trains on its own "
+                             f"GPU, cuda:LOCAL_RANK (cuda:{self.local_rank} here); pass device='cuda'")
         return device
 
-    def agree(self, stop: bool, counts: tuple, new_specs: list, seconds: float):
-        """One all-reduce of every rank's say: ``(stop, counts, new specs, seconds)`` over all ranks.
+    def agree(self, say: Say) -> Say:
+        """Every rank's :class:`Say`, agreed in one all-reduce (and, where called for, a gather):
 
-        ``stop`` comes back true where any rank's is, each of ``counts`` (ints) summed, the
-        specs new to the network on any rank in one order, the same on every rank (each named
-        once, the lower rank's first), and the ranks' mean ``seconds`` (so that a budget in
-        minutes, and the learning rate that follows it, is read alike on every rank)."""
-        say = torch.tensor([float(stop), seconds, len(new_specs), *counts], dtype=torch.float64,
-                           device=self.comm_device)
-        dist.all_reduce(say)
-        stop, seconds, new, *counts = say.tolist()
+        ``stop`` where any rank's is, or where every rank's share is ``ended``; ``stalled`` where
+        any rank's is; each of ``counts`` summed; the specs new to the network on any rank in one
+        order, the same on every rank (each named once, the lower rank's first; ValueError, on
+        every rank alike, where two ranks met one address as different sites); the ranks' mean
+        ``seconds`` (so that a budget in minutes, and the learning rate that follows it, is read
+        alike on every rank); and the highest rank's ``failure`` where traces failed."""
+        flags = [float(say.stop), float(say.ended), float(say.stalled), say.seconds, len(say.new_specs)]
+        total = torch.tensor(flags + list(say.counts), dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(total)
+        stop, ended, stalled, seconds, new, *counts = total.tolist()
+        counts = tuple(round(c) for c in counts)
         union = {}
         if new:
             gathered = [None] * self.world_size
-            dist.all_gather_object(gathered, [s.to_dict() for s in new_specs])
-            for specs in gathered:
+            dist.all_gather_object(gathered, [s.to_dict() for s in say.new_specs])
+            for rank, specs in enumerate(gathered):
                 for d in specs:
-                    union.setdefault(d["name"], d)
-        return stop > 0, tuple(round(c) for c in counts), [SiteSpec.from_dict(d) for d in union.values()], \
-            seconds / self.world_size
+                    first = union.setdefault(d["name"], d)
+                    if first is not d:
+                        _check_same(first, d, rank)
+        failure = say.failure
+        if len(counts) > 2 and counts[2] > 0:  # (traces, fresh, failed): someone's model failed
+            failures = [None] * self.world_size
+            dist.all_gather_object(failures, say.failure)
+            failure = next((f for f in reversed(failures) if f), "")
+        ended = round(ended) == self.world_size
+        return Say(stop > 0 or ended, ended, stalled > 0, counts, [SiteSpec.from_dict(d) for d in union.values()],
+                   seconds / self.world_size, failure)
 
     def broadcast_seed(self, seed: int) -> int:
         """Rank 0's ``seed``, on every rank."""
@@ -139,6 +175,21 @@ class Group(Solo):
             for p, v in zip(parameters, flat.split([p.numel() for p in parameters])):
                 p.copy_(v.view_as(p))
 
+    def mean_norms(self, balancer) -> None:
+        """Give every rank the same running gradient norms of ``balancer`` (a
+        :class:`~infcomp.nn.balance.GradientBalancer`, or None): each key's mean over the ranks
+        that hold it, in one order.  Called after each step, so that every rank rescales the next
+        step's gradients alike and the guide saves one table."""
+        if balancer is None:
+            return
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, list(balancer.norms.items()))
+        seen = {}
+        for items in gathered:
+            for key, norm in items:
+                seen.setdefault(key, []).append(norm)
+        balancer.norms = {key: sum(norms) / len(norms) for key, norms in seen.items()}
+
     def reduce_gradients(self, parameters, traces: int, loss: float) -> float:
         """Sum every rank's gradients of ``parameters`` and divide by ``traces`` (the step's over
         all ranks), in one flat all-reduce that also sums the ranks' ``loss``, returned; a
@@ -156,6 +207,14 @@ class Group(Solo):
         for p, g, r in zip(parameters, grads, reached):
             p.grad = g.view_as(p) / max(traces, 1) if r > 0 else None
         return reached[-1]
+
+
+def _check_same(first: dict, other: dict, rank: int) -> None:
+    """ValueError naming the address where rank ``rank`` met it as another site than a lower rank did."""
+    try:
+        check_consistent(SiteSpec.from_dict(first), SiteSpec.from_dict(other))
+    except ValueError as e:
+        raise ValueError(f"rank {rank} met an address as another site than a lower rank: {e}") from None
 
 
 def join(device="cpu"):

@@ -17,6 +17,7 @@ import zipfile
 import torch
 
 from . import legacy
+from .devices import checked_device
 from .guide import Guide, one_encoder
 from .nn.encoders import CNNConfig
 from .nn.network import InferenceNetwork, NetworkConfig
@@ -254,6 +255,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     :param families: proposal family classes the guide was compiled with, beyond the registered ones.
     """
     encoder = one_encoder(encoder, embedding, kinds=(torch.nn.Module,))
+    device = checked_device(device)
     data = _read(path, device)
     try:
         net = _network(path, data, encoder, families)

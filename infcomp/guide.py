@@ -51,7 +51,8 @@ class Guide:
 
     # -- observations -------------------------------------------------------------
     def check_observation(self, observation) -> dict:
-        """A validated ``{site: tensor}`` on the guide's device: every compiled site present, of its
+        """A validated ``{site: tensor}``, on the device it came on (the model's: the network's
+        encoder takes its own copy, :meth:`states_for`): every compiled site present, of its
         compiled shape and dtype kind, finite (:func:`~infcomp.traces.observed_tensor`, the check
         prior importance sampling makes too); else a ValueError or TypeError naming the site."""
         if not isinstance(observation, dict):
@@ -80,7 +81,7 @@ class Guide:
                         f"observation for site {name!r} has dtype {value.dtype}, but the model's site has {want}"
                     )
                 value = value.to(want)
-            out[name] = value.to(self.device)
+            out[name] = value
         return out
 
     def state_for(self, observation: dict) -> ObservationState:
@@ -98,7 +99,7 @@ class Guide:
     def states_for(self, observations: list, first_index=0) -> ObservationState:
         """One :class:`~infcomp.handler.ObservationState` for several checked observations read
         together; its errors number them from ``first_index`` (None: one observation, unnumbered)."""
-        stacked = {n: torch.stack([o[n] for o in observations]) for n in self.obs_specs}
+        stacked = {n: torch.stack([o[n] for o in observations]).to(self.device) for n in self.obs_specs}
         return ObservationState(self.network, stacked, self._address_terms, first_index)
 
     def invalidate(self):
@@ -253,7 +254,7 @@ def _refuse_changes(differences, what: str, argument: str):
 def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, encoder=None,
                 embedding=None, config=None, families=(), device="cpu") -> Guide:
     """A new guide for ``model`` (its network sized from the ``validation`` trace records), or
-    ``guide`` checked against the model and bound to it.  ValueError if a resumed guide observes
+    ``guide`` checked against the model, bound to it and moved to ``device``.  ValueError if a resumed guide observes
     other sites or was built with another network than ``config`` or ``encoder`` ask for."""
     fields, cnn, cnn_fields, module = _network_settings(config, encoder, embedding)
     if guide is None:
@@ -273,6 +274,8 @@ def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *,
     _refuse_changes(built.differences(cnn.replace(**cnn_fields)) if cnn is not None else
                     [(k, getattr(built, k), v) for k, v in cnn_fields.items() if getattr(built, k) != v],
                     "encoder: CNNConfig", "encoder")
+    guide.network.to(device)
+    guide.invalidate()
     return guide.bind_model(model, model_args, model_kwargs)
 
 

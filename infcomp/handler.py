@@ -12,6 +12,11 @@ drawn it is fed back to the network.  Two messengers do this:
   site it pauses its run, and a :class:`Proposer` steps the network once for all the runs
   paused at that address, draws their values from one batched proposal and hands each run its
   value and ``log q`` (``msg["infer"]["log_q"]``, the site's ``fn`` stays the prior).
+
+The network may live on another device than the model (a guide on CUDA, a model on the CPU):
+its parameters cross to the prior's device before a proposal is built from them, so that
+proposals, values and densities stay where the model's tensors are, and what is fed back (a
+value and its prior context) crosses to the network's.
 """
 
 from __future__ import annotations
@@ -98,7 +103,8 @@ class ObservationState:
         out = None
         if params is not None:
             family = self.network.families[self.network.specs[name].family]
-            out = family.point(params[0], context) if greedy else family.proposal(params[0], context)
+            params = params[0].to(context.device)  # the proposal lives where the model's values do
+            out = family.point(params, context) if greedy else family.proposal(params, context)
         if first:
             self._first = (name, context, out, hc, greedy)
         return out, hc
@@ -289,6 +295,7 @@ class Proposer:
             h[idx], c[idx] = h_new, c_new
         if params is None:  # no head: the runs' priors draw
             return [None] * len(idx)
+        params = params.to(context.device)  # the proposal lives where the model's values do
         none = [None] * len(idx)
         if self.greedy:
             values, log_q, log_p = family.point(params, context), none, none
@@ -296,7 +303,7 @@ class Proposer:
             proposal = _transformed(name, family.proposal(params, context))
             values = proposal.sample()
             if self.greedy_first:
-                first = rows.slot == 0
+                first = (rows.slot == 0).to(values.device)
                 if bool(first.any()):
                     point = family.point(params, context).to(values.dtype)
                     values = torch.where(first.reshape((-1,) + (1,) * (values.dim() - 1)), point, values)

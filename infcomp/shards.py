@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from .files import output_lock
 from .data import FailureWindow, _init_worker, collate, draw_records
 from .rng import fork_rng
 from .traces import PriorSampler, SiteSpec, TraceRecord, check_consistent, normalize_observe
@@ -83,10 +84,15 @@ def _shard_tensors(records: list, observe: tuple, specs: dict, observations: str
             tensors[f"g{g}/o{k}"] = torch.stack([r.observation[name] for r in rs])
     for k, entry in enumerate(observed):
         parts = [key for key in tensors if key.endswith(f"/o{k}")]
-        entry["dtype"] = str(tensors[parts[0]].dtype).replace("torch.", "")
+        first = tensors[parts[0]]
+        entry.update(shape=list(first.shape[1:]), dtype=str(first.dtype).replace("torch.", ""))
         entry["stored"] = entry["dtype"]
-        if observations == "uint8" and tensors[parts[0]].is_floating_point():
-            levels, low, step = _quantised(torch.cat([tensors[p].reshape(-1) for p in parts]))
+        if observations == "uint8" and first.is_floating_point() and first.numel():
+            flat = torch.cat([tensors[p].reshape(-1) for p in parts])
+            if not bool(torch.isfinite(flat).all()):
+                raise ValueError(f"observed site {entry['name']!r} has values that are not finite: observations='uint8' "
+                                 "cannot store them (use observations='exact')")
+            levels, low, step = _quantised(flat)
             for p, q in zip(parts, levels.split([tensors[p].numel() for p in parts])):
                 tensors[p] = q.view(tensors[p].shape)
             entry.update(stored="uint8", low=low, step=step)
@@ -102,11 +108,18 @@ def _write_shard(path: str, tensors: dict, header: dict):
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT, "version": str(VERSION), "infcomp": json.dumps(header)})
+        _sync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _sync(path):
+    """Flush ``path``'s data to the disk, so that a crash after the rename leaves a whole file."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 class _ShardWriter(Dataset):
@@ -131,24 +144,36 @@ class _ShardWriter(Dataset):
         return n, failures.failures, failures.last
 
 
-def _checked_folder(path, settings) -> None:
-    """Create ``path`` with its ``index.json``, or check that the one there has ``settings``
-    (ValueError naming the setting that differs, and the folder)."""
-    index = os.path.join(path, "index.json")
-    if os.path.exists(index):
+def _checked_folder(path, settings) -> bool:
+    """Whether ``path`` holds a dataset with ``settings`` already (True) or is new or empty (False);
+    else a ValueError naming the setting that differs, or the folder."""
+    if os.path.exists(os.path.join(path, "index.json")):
         have = TraceShards(path).settings
         for key in _SETTINGS:
             if have.get(key) != settings[key]:
                 raise ValueError(f"{path} holds a trace dataset written with {key}={have.get(key)!r}, not "
                                  f"{settings[key]!r}: to go on writing it repeat its settings; else give another folder")
-        return
+        return True
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ValueError(f"{path} is not empty and holds no trace dataset (no index.json): give a new or empty folder")
+    return False
+
+
+def _start_folder(path, settings, exists: bool) -> None:
+    """Write ``path``'s ``index.json`` where it has none; remove the temporary files of a write
+    that was cut short (the caller holds the folder's lock, so no other writer is using them)."""
+    if exists:
+        for name in os.listdir(path):
+            if name.endswith(".writing"):
+                os.remove(os.path.join(path, name))
+        return
     os.makedirs(path, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump({"format": FORMAT, "version": VERSION, **settings}, f, indent=1)
-    os.replace(tmp, index)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, "index.json"))
 
 
 def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_kwargs=None, shard_size: int = 1024,
@@ -182,15 +207,16 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
     path = os.fspath(path)
     settings = {"observe": list(normalize_observe(observe)), "seed": int(seed), "shard_size": shard_size,
                 "num_traces": num_traces, "observations": observations}
-    _checked_folder(path, settings)
-    shards = TraceShards(path)
-    todo = [i for i, f in enumerate(shards.files) if not os.path.exists(f)]
+    _checked_folder(path, settings)  # before any work; again under the lock, before any file
     sampler = PriorSampler(model, settings["observe"], model_args, model_kwargs, make_families(families))
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    done = num_traces - sum(min(shard_size, num_traces - i * shard_size) for i in todo)
-    with fork_rng(int(seed)):  # the caller's generators as they were, however the shards are drawn
-        draw_records(sampler, 1, FailureWindow(max_failure_rate))  # the model's errors here, before any worker
+    with fork_rng(int(seed)), output_lock(path, "trace dataset"):  # the caller's generators as they were
+        draw_records(sampler, 1, FailureWindow(max_failure_rate))  # the model's errors here, before any file
         sampler.validate = False  # Pyro's argument checks ran on that trace
+        _start_folder(path, settings, _checked_folder(path, settings))
+        shards = TraceShards(path)
+        todo = [i for i, f in enumerate(shards.files) if not os.path.exists(f)]
+        done = num_traces - sum(min(shard_size, num_traces - i * shard_size) for i in todo)
         writer = _ShardWriter(sampler, path, settings, todo, max_failure_rate)
         loader = DataLoader(writer, batch_size=None, num_workers=min(workers, len(todo)), worker_init_fn=_init_worker)
         failed = 0
@@ -239,6 +265,18 @@ class TraceShards:
         if missing:
             raise ValueError(f"{self.path}: {len(missing)} of its {len(self.files)} shards are missing "
                              f"(first {os.path.basename(missing[0])}): resume infcomp.save_traces with its settings")
+
+    def observed(self) -> dict:
+        """``{site: (shape, dtype)}`` of each observed site as drawn (one trace's, not the stored
+        form); ValueError naming the shard where two shards disagree."""
+        out = {}
+        for f in self.files:
+            for e in _header(f)["observed"]:
+                have = (tuple(e["shape"]), e["dtype"])
+                if out.setdefault(e["name"], have) != have:
+                    raise ValueError(f"{f}: observed site {e['name']!r} is {have}, but {out[e['name']]} in an "
+                                     "earlier shard of the dataset")
+        return out
 
     def specs(self) -> dict:
         """The address table of every shard, ``{name: SiteSpec}`` (ValueError where two shards disagree)."""
@@ -307,14 +345,14 @@ class ShardStream(IterableDataset):
 
 
 def shard_batches(shards: TraceShards, specs: dict, batch_size: int, epochs: int, seed: int, workers: int,
-                  rank: int = 0, world: int = 1):
+                  rank: int = 0, world: int = 1, pin: bool = False):
     """An iterator of :class:`ShardStream`'s ``(batch, fresh)`` pairs, read and collated in
-    ``workers`` processes (0: in this one)."""
+    ``workers`` processes (0: in this one), each batch put in pinned memory with ``pin``."""
     stream = ShardStream(shards, specs, batch_size, epochs, seed, rank, world)
     if workers == 0:
         return iter(stream)
     return iter(DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
-                           worker_init_fn=_init_worker))
+                           worker_init_fn=_init_worker, pin_memory=pin))
 
 
 class Mixed:

@@ -42,7 +42,8 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import Solo, join, rank_cores, rank_seed
+from .devices import checked_device
+from .distributed import Say, Solo, join, rank_cores, rank_seed
 from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate, draw_records
 from .files import check_writable, output_lock
 from .guide import Guide, build_guide, default_lr
@@ -373,7 +374,7 @@ class Trainer:
             collate(validation[i : i + batch_size], sampler.specs).to(self.device)
             for i in range(0, len(validation), batch_size)
         ]
-        self.stats, self.stopped, self.error = RunStats(), False, None
+        self.stats, self.stopped, self.ended, self.stalled, self.error = RunStats(), False, False, False, None
 
     def add_sites(self, specs: dict) -> list:
         """Give every address of ``specs`` new to the network its modules and a parameter group;
@@ -388,12 +389,13 @@ class Trainer:
 
     def step(self, batch, traces: int | None = None) -> float:
         """One Adam step on the mean ``-log q`` of ``batch`` (of every rank's batch together, where
-        ``traces`` counts them: :mod:`~infcomp.distributed`), gradients clipped to norm 100;
-        returns that mean."""
-        self.add_sites(batch.specs)
+        ``traces`` counts them: :mod:`~infcomp.distributed`; None is an empty one there), gradients
+        clipped to norm 100; returns that mean."""
+        if batch is not None:
+            self.add_sites(batch.specs)
         if self.group.world_size > 1:
             return self._shared_step(batch, traces)
-        loss = -self.guide.network.log_q(batch.to(self.device)).mean()
+        loss = -self.guide.network.log_q(batch.to(self.device, non_blocking=True)).mean()
         if loss.requires_grad:  # false only when no address in the batch has a head
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -403,13 +405,17 @@ class Trainer:
 
     def _shared_step(self, batch, traces) -> float:
         """:meth:`step` as one rank of several: this rank's summed loss backpropagated, the gradients
-        summed over the ranks and divided by their ``traces`` (an empty batch adds nothing)."""
-        params = list(self.guide.network.parameters())
+        summed over the ranks and divided by their ``traces`` (an empty batch adds nothing), the
+        gradient balancer's norms made the ranks' mean."""
+        net = self.guide.network
+        params = list(net.parameters())
         self.optimizer.zero_grad(set_to_none=True)
-        loss = -self.guide.network.log_q(batch.to(self.device)).sum() if batch.size else torch.zeros(())
+        empty = batch is None or batch.size == 0
+        loss = torch.zeros(()) if empty else -net.log_q(batch.to(self.device, non_blocking=True)).sum()
         if loss.requires_grad:
             loss.backward()
         total = self.group.reduce_gradients(params, traces, float(loss.detach()))
+        self.group.mean_norms(net.balancer)
         if any(p.grad is not None for p in params):
             torch.nn.utils.clip_grad_norm_(params, 100.0)
             self.optimizer.step()
@@ -436,8 +442,8 @@ class Trainer:
 
     def run(self, stream, callbacks=(), stats: RunStats | None = None) -> RunStats:
         """Train on ``stream``'s ``(batch, fresh)`` pairs (:class:`~infcomp.data.Echo`) until a
-        callback calls :meth:`stop` or the stream ends (a deadline passed while waiting for
-        traces: ``stats.stopped_waiting``); returns the figures, which are also ``guide.last_run``.
+        callback calls :meth:`stop` or the stream ends (a dataset's end, every rank's under
+        several; or a deadline passed while waiting for traces: ``stats.stopped_waiting``); returns the figures, which are also ``guide.last_run``.
 
         Only fresh batches count towards ``stats.traces`` and ``guide.traces_trained``; a batch's
         failed traces go to ``stats.failed_traces``, and a batch left empty by them takes no step
@@ -446,7 +452,7 @@ class Trainer:
         holds no other reference).  An error given to :meth:`fail` is raised after every ``on_end``.
         """
         self.stats = stats = RunStats() if stats is None else stats
-        self.stopped, self.error = False, None
+        self.stopped, self.ended, self.stalled, self.error = False, False, False, None
         self.guide.invalidate()
         start = time.perf_counter()
         try:
@@ -477,42 +483,52 @@ class Trainer:
         return stats
 
     def next_batch(self, stream, stats):
-        """The stream's next ``(batch, fresh)``; ``(None, False)`` once the run is stopped, or where
-        the stream ended (a deadline passed while waiting for traces: ``stats.stopped_waiting``)."""
-        if self.stopped:
+        """The stream's next ``(batch, fresh)``; ``(None, False)`` once the run is stopped or the
+        stream has ended (``self.ended``: a dataset's end; ``self.stalled``: a deadline passed while
+        waiting for traces, which stops the run)."""
+        if self.stopped or self.ended or self.stalled:
             return None, False
         t0 = time.perf_counter()
         try:
             return next(stream)
         except StopIteration:
-            stats.stopped_waiting = not getattr(stream, "finite", False)  # a dataset's end is no stall
-            self.stop()
+            if getattr(stream, "finite", False):
+                self.ended = True
+            else:
+                self.stalled = True
             return None, False
         finally:
             stats.waiting_for_data_seconds += time.perf_counter() - t0
 
     def agree(self, batch, fresh, stats, seconds):
         """The step's counts over every rank, ``(traces, fresh traces, failed traces)``, with every
-        address new to any rank's batch added to the network; None where the run stops here
-        (this rank's ``batch`` is None, or another rank's).  One process agrees with itself."""
+        address new to any rank's batch added to the network, and the run's stall and latest
+        failure as the ranks agreed them; None where the run stops here (a rank stopped or stalled,
+        or every rank's stream ended).  One process agrees with itself.  A rank whose stream ended
+        while others' go on takes their steps with an empty batch."""
         size = 0 if batch is None else batch.size
         counts = (size, size if fresh else 0, 0 if batch is None else batch.failed)
         new = [] if batch is None else [s for n, s in batch.specs.items() if n not in self.guide.network.specs]
-        stop, counts, new, seconds = self.group.agree(batch is None, counts, new, seconds)
-        if stop:
+        error = "" if batch is None else batch.error
+        said = self.group.agree(Say(self.stopped or self.stalled, self.ended, self.stalled, counts, new, seconds, error))
+        stats.stopped_waiting = stats.stopped_waiting or said.stalled
+        stats.last_failure = said.failure or stats.last_failure
+        if said.stop:
             self.stop()
             return None
         if self.group.world_size > 1:
-            stats.seconds = seconds
-            self.group.broadcast_parameters(self.add_sites({s.name: s for s in new}) if new else [])
-        return counts
+            stats.seconds = said.seconds
+            self.group.broadcast_parameters(self.add_sites({s.name: s for s in said.new_specs}) if said.new_specs else [])
+        return said.counts
 
     def take(self, batch, fresh, stats, counts=None):
         """A step on ``batch`` (none where the step's traces all failed), the step's ``counts``
         (:meth:`agree`; ``batch``'s own by default) added to ``stats``."""
-        traces, fresh_traces, failed = counts or (batch.size, batch.size if fresh else 0, batch.failed)
+        if counts is None:
+            counts = (batch.size, batch.size if fresh else 0, batch.failed)
+            stats.last_failure = batch.error or stats.last_failure
+        traces, fresh_traces, failed = counts
         stats.failed_traces += failed
-        stats.last_failure = batch.error or stats.last_failure
         if traces == 0:
             return
         stats.loss = self.step(batch) if self.group.world_size == 1 else self.step(batch, traces)
@@ -525,7 +541,8 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
             batch_size=64, lr=None, workers=None, echo=1.0, threads=None, seed=None, device="cpu", encoder=None,
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
             checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
-            metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0) -> Guide:
+            metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0, amp=None,
+            distributed=None) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws (under ``torchrun``: see above).
 
     :param observe: the observed site name, or a list of them.
@@ -542,6 +559,10 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
         steps (data echoing, see :class:`~infcomp.data.Echo`): more steps per hour where drawing a
         trace costs about as much as a step on it; ``num_traces`` counts fresh traces.
     :param threads: torch threads for the gradient steps (default: the cores the workers leave, at least one).
+    :param device: where the network trains (``"cuda"``: under torchrun each rank's own GPU); the
+        traces are drawn on the CPU and copied over from pinned memory.
+    :param amp: bfloat16 autocast of the observation encoder (:meth:`~infcomp.nn.network.InferenceNetwork.encode`;
+        None: on CUDA only).  ``distributed=False`` trains alone even where torchrun's environment is set.
     :param seed: makes the run reproducible (for a fixed number of workers).  Either way the
         caller's random number generators are left as if compile had not run, except that
         without a seed the run's seed is one draw from torch's (``guide.last_run.seed``).
@@ -571,12 +592,17 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param traces: a folder from :func:`~infcomp.save_traces` to train on for ``epochs`` shuffled passes,
         ``fresh_share`` of the batches drawn fresh instead; without another budget the epochs are it.
     """
-    s = _checked_settings(types.SimpleNamespace(**locals()))
+    return _locked_run(_checked_settings(types.SimpleNamespace(**locals())))
+
+
+def _locked_run(s) -> Guide:
+    """:func:`_train` on the checked settings ``s``, in this rank's process group (where one is
+    asked for), under the lock on the checkpoint (rank 0's alone: it writes the file)."""
     if s.checkpoint is not None:
         check_writable(s.checkpoint)
-    s.group = join(s.device)
+    s.group = join(s.device) if s.distributed is not False else Solo()
     s.device = s.group.device(s.device)
-    locked = s.checkpoint is not None and s.group.is_main  # rank 0 alone writes it
+    locked = s.checkpoint is not None and s.group.is_main
     with output_lock(s.checkpoint) if locked else contextlib.nullcontext():
         if s.checkpoint is not None:
             _check_overwrite(s.checkpoint, s.guide, s.overwrite)
@@ -599,10 +625,11 @@ def _train(s) -> Guide:
         validation = draw_records(sampler, s.validation_size, failures)
         _check_validation(validation, s.observe)
         if s.traces is not None:
-            _add_stored_sites(sampler, s.traces)
+            _add_stored_sites(sampler, s.traces, validation[0].observation)
         guide = build_guide(s.model, s.observe, validation, s.model_args, model_kwargs, guide=guide,
                             encoder=s.encoder, embedding=s.embedding, config=s.config, families=s.families,
                             device=s.device)
+        guide.network.amp = s.amp
         guide.metadata.update(s.metadata or {})
         guide.metadata["world_size"] = group.world_size
         trainer = Trainer(guide, sampler, validation, default_lr(guide) if s.lr is None else s.lr, s.batch_size,
@@ -620,7 +647,8 @@ def _train(s) -> Guide:
                          failed_validation_traces=failures.failures, last_failure=failures.last)
         stream_seed = rank_seed(run_seed + guide.traces_trained, group.rank)
         deadline = None if s.minutes is None else time.monotonic() + 60 * s.minutes
-        with limited_threads(_torch_threads(s.threads, s.workers)):
+        drawing = s.workers if s.traces is None or s.fresh_share > 0 else min(s.workers, 1)  # readers are light
+        with limited_threads(_torch_threads(s.threads, drawing)):
             try:
                 trainer.run(_stream(s, sampler, stream_seed, deadline), pieces, stats)
             except ModelFailureError as e:
@@ -633,17 +661,25 @@ def _stream(s, sampler, seed, deadline):
     ``fresh_share`` of them mixed in."""
     prior = None
     if s.traces is None or s.fresh_share > 0:
-        prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline), s.echo, seed=seed)
+        pin = s.device.type == "cuda"  # pinned batches copy to the GPU while it works
+        prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline, pin), s.echo,
+                     seed=seed)
     if s.traces is None:
         return prior
-    stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed, s.workers, s.group.rank,
-                           s.group.world_size)
-    return Mixed(stored, prior, s.fresh_share, seed)
+    stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed + 1, s.workers, s.group.rank,
+                           s.group.world_size, s.device.type == "cuda")  # each random choice from a seed of its own
+    return Mixed(stored, prior, s.fresh_share, seed + 2)
 
 
-def _add_stored_sites(sampler, shards):
+def _add_stored_sites(sampler, shards, observation):
     """The dataset's addresses added to the sampler's table, each checked against the model's
-    entry where the model has met it (ValueError naming the address and the dataset)."""
+    entry where the model has met it, and its observations' shapes and dtypes against the
+    model's ``observation`` (ValueError naming the address or site, and the dataset)."""
+    for name, (shape, dtype) in shards.observed().items():
+        want = (tuple(observation[name].shape), str(observation[name].dtype).replace("torch.", ""))
+        if (shape, dtype) != want:
+            raise ValueError(f"the trace dataset {shards.path} does not fit the model: observed site {name!r} is "
+                             f"{shape} {dtype} there, {want[0]} {want[1]} in the model")
     for name, spec in shards.specs().items():
         if name not in sampler.specs:
             sampler.specs[name] = spec
@@ -680,7 +716,11 @@ def _checked_settings(s):
     """``s`` with ``observe``, ``callbacks``, ``workers`` and the budget filled in; an error naming
     the argument, before any work, for a value that cannot be right."""
     s.observe, s.callbacks = normalize_observe(s.observe), _checked_callbacks(s.callbacks)
+    for name in ("amp", "distributed"):
+        if getattr(s, name) not in (None, True, False):
+            raise ValueError(f"{name} must be None, True or False, got {getattr(s, name)!r}")
     check_echo(s.echo)
+    s.device = checked_device(s.device)
     _checked_dataset(s)
     if s.num_traces is None and s.minutes is None and s.traces is None:
         s.num_traces = 10_000
@@ -706,6 +746,9 @@ def _checked_dataset(s):
     """``s.traces`` as a complete :class:`~infcomp.shards.TraceShards` of the observed sites (else an
     error naming the folder), with ``epochs`` and ``fresh_share`` checked."""
     if s.traces is None:
+        if s.epochs != 1 or s.fresh_share != 0:
+            raise ValueError(f"epochs={s.epochs!r} and fresh_share={s.fresh_share!r} are settings of training on a "
+                             "trace dataset: pass traces= too, or leave them out")
         return
     _positive("epochs", s.epochs, numbers.Integral)
     if isinstance(s.fresh_share, bool) or not isinstance(s.fresh_share, numbers.Real) or not 0 <= s.fresh_share < 1:

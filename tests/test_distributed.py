@@ -38,7 +38,18 @@ def test_a_plain_process_is_solo():
 def test_ranks_agree_on_one_address_table_and_the_stop(ranks):
     results, _ = ranks
     for r in results:
-        assert r["agree"] == {"stop": True, "counts": (3, 20), "names": ["a", "b", "c"], "seconds": 0.5}
+        assert r["agree"] == {"stop": True, "counts": (3, 20, 1), "names": ["a", "b", "c"], "seconds": 0.5,
+                              "failure": "E: on rank 1", "stalled": False}
+        assert r["ended"] == [False, True]  # one rank's share ended: the run goes on; both: it stops
+        assert r["clash"] is not None and "'a'" in r["clash"] and "rank 1" in r["clash"]
+
+
+def test_a_rank_whose_share_ends_first_steps_on_until_every_rank_is_done(ranks):
+    results, _ = ranks
+    half = two_ranks.EXACT_BATCH // 2
+    for r in results:
+        assert r["uneven"] == {"steps": two_ranks.EXACT_STEPS, "trained": (two_ranks.EXACT_STEPS + 1) * half,
+                               "stopped_waiting": False}
 
 
 def test_two_ranks_step_as_one_process_on_the_whole_batch(ranks):
@@ -65,6 +76,7 @@ def test_compiled_ranks_end_identical_having_grown_the_same_addresses(ranks):
     assert a["state"].keys() == b["state"].keys()
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"] if torch.is_tensor(a["state"][k]))
     assert a["world_size"] == b["world_size"] == 2
+    assert a["norms"] and a["norms"] == b["norms"]  # the gradient balancer's running norms, one table
     assert a["traces_trained"] == b["traces_trained"] == a["traces"] >= two_ranks.COMPILE_TRACES
 
 
@@ -89,3 +101,12 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(ranks):
                             validation_size=16, progress=False)
     assert guide.traces_trained == before + 256 and guide.metadata["world_size"] == 1
     assert infcomp.load(path).traces_trained == before + 256
+
+
+def test_distributed_false_trains_alone_where_the_launcher_s_environment_asks_for_ranks(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2 asks for distributed training, but RANK"):
+        infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, progress=False)
+    guide = infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, progress=False, distributed=False)
+    assert guide.metadata["world_size"] == 1 and guide.traces_trained == 64

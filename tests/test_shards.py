@@ -147,6 +147,54 @@ def test_a_dataset_that_does_not_fit_the_compile_is_refused(tmp_path, dataset):
                            progress=False).last_run.trained_traces == 64
 
 
+def test_a_dataset_whose_observations_are_not_the_model_s_is_refused(tmp_path):
+    def wide(y=None):
+        mu = pyro.sample("mu", pyro.distributions.Normal(0.0, 1.0))
+        pyro.sample("y", pyro.distributions.Normal(mu, 1.0).expand([3]).to_event(1), obs=y)
+
+    data = save_traces(wide, tmp_path / "wide", 64, observe="y", workers=0, progress=False)
+    assert data.observed() == {"y": ((3,), "float32")}
+    with pytest.raises(ValueError, match="observed site 'y' is \\(3,\\) float32 there, \\(2,\\) float32 in the model"):
+        infcomp.compile(gaussian, "y", traces=data, workers=0, validation_size=8, progress=False)
+
+
+def test_epochs_or_a_fresh_share_without_a_dataset_is_refused():
+    for kwargs in ({"epochs": 3}, {"fresh_share": 0.5}):
+        with pytest.raises(ValueError, match="settings of training on a trace dataset: pass traces="):
+            infcomp.compile(gaussian, "y", 64, progress=False, **kwargs)
+
+
+def test_a_model_that_fails_at_once_leaves_no_folder_behind_and_a_cut_write_no_temporary_files(tmp_path, dataset):
+    def broken(y=None):
+        raise RuntimeError("no such simulator")
+
+    with pytest.raises(Exception, match="no such simulator"):
+        save_traces(broken, tmp_path / "broken", 10, observe="y", workers=0, progress=False)
+    assert not (tmp_path / "broken").exists()
+    path = tmp_path / "cut"
+    save_traces(poisson_branching, path, 500, observe="y", shard_size=200, seed=5, workers=0, progress=False)
+    os.remove(path / "shard-000002.safetensors")
+    (path / "shard-000002.safetensors.abc.writing").write_bytes(b"half a shard")
+    save_traces(poisson_branching, path, 500, observe="y", shard_size=200, seed=5, workers=0, progress=False)
+    assert sorted(os.listdir(path)) == ["index.json"] + [f"shard-00000{i}.safetensors" for i in range(3)]
+    assert _same(TraceShards(path).files, dataset.files)
+
+
+def test_uint8_refuses_observations_that_are_not_finite(tmp_path):
+    class NaNNormal(pyro.distributions.Normal):
+        def rsample(self, sample_shape=torch.Size()):
+            return torch.full(sample_shape + self.batch_shape, float("nan"))
+
+        sample = rsample
+
+    def model(y=None):
+        mu = pyro.sample("mu", pyro.distributions.Normal(0.0, 1.0))
+        pyro.sample("y", NaNNormal(mu, 1.0, validate_args=False), obs=y)
+
+    with pytest.raises(ValueError, match="observed site 'y' has values that are not finite: observations='uint8'"):
+        save_traces(model, tmp_path / "nan", 16, observe="y", observations="uint8", workers=0, progress=False)
+
+
 def test_the_command_line_writes_a_style_s_traces_and_compiles_a_breaker_on_them(tmp_path, capsys):
     from infcomp_models.captcha.cli import main
 

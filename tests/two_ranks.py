@@ -4,7 +4,10 @@ torch.distributed.run --standalone --nproc_per_node 2 tests/two_ranks.py OUT``.
 Each rank writes ``OUT/rank{r}.pt``: its answers to the three checks below, for the test to compare.
 
 1. ``agree``: each rank offers its own new addresses (rank 0 ``a, b``; rank 1 ``b, c``), and both
-   must get back one table in one order.
+   must get back one table in one order, the stop, the summed counts and rank 1's failure; an
+   ended share stops the run only once both have ended; an address met as two sites is an error
+   on both ranks.  Then ``uneven``: rank 1's stream ends after one batch, rank 0's after three,
+   and both ranks must take all three steps.
 2. ``exact``: three steps on fixed batches, each rank half of every batch, from one network;
    the parameters after them, to compare with one process stepping on the whole batches.
 3. ``compile``: ``infcomp.compile`` of the Poisson-branching model (a varying number of
@@ -22,7 +25,7 @@ import torch.distributed as dist
 
 import infcomp
 from infcomp.data import collate
-from infcomp.distributed import join
+from infcomp.distributed import Say, join
 from infcomp.guide import build_guide
 from infcomp.traces import PriorSampler, SiteSpec
 from infcomp.train import Trainer
@@ -57,6 +60,18 @@ def exact_trainer(group=None):
     return Trainer(guide, sampler, validation, 3e-3, EXACT_BATCH, "cpu", group), sampler
 
 
+class Finite:
+    """Its items, then the end of a dataset (not a stalled model's)."""
+
+    finite = True
+
+    def __init__(self, items):
+        self.it = iter(items)
+
+    def __next__(self):
+        return next(self.it)
+
+
 class AddressesAtStart(infcomp.Callback):
     def on_start(self, trainer):
         self.addresses = list(trainer.guide.network.specs)
@@ -68,8 +83,22 @@ def main(out):
     result = {}
 
     offered = [SiteSpec(n, "normal", "Normal", (), 0) for n in (["a", "b"] if rank == 0 else ["b", "c"])]
-    stop, counts, specs, seconds = group.agree(rank == 1, (rank + 1, 10), offered, float(rank))
-    result["agree"] = {"stop": stop, "counts": counts, "names": [s.name for s in specs], "seconds": seconds}
+    said = group.agree(Say(rank == 1, False, False, (rank + 1, 10, rank), offered, float(rank), f"E: on rank {rank}"))
+    result["agree"] = {"stop": said.stop, "counts": said.counts, "names": [s.name for s in said.new_specs],
+                       "seconds": said.seconds, "failure": said.failure, "stalled": said.stalled}
+    result["ended"] = [group.agree(Say(False, rank == 1, False, (0,), [], 0.0)).stop,
+                       group.agree(Say(False, True, False, (0,), [], 0.0)).stop]
+    clash = [SiteSpec("a", "normal", "Normal", () if rank == 0 else (2,), 0)]
+    try:
+        group.agree(Say(False, False, False, (0,), clash, 0.0))
+        result["clash"] = None
+    except ValueError as e:
+        result["clash"] = str(e)
+
+    trainer, sampler = exact_trainer(group)
+    batches = exact_batches(sampler, rank)
+    stats = trainer.run(Finite([(b, True) for b in (batches if rank == 0 else batches[:1])]))
+    result["uneven"] = {"steps": stats.steps, "trained": stats.trained_traces, "stopped_waiting": stats.stopped_waiting}
 
     trainer, sampler = exact_trainer(group)
     trainer.run(iter([(b, True) for b in exact_batches(sampler, rank)]))
@@ -84,6 +113,7 @@ def main(out):
         "addresses": guide.addresses, "traces_trained": guide.traces_trained,
         "world_size": guide.metadata["world_size"], "traces": guide.last_run.traces,
         "validation_loss": guide.last_run.validation_loss,
+        "norms": dict(guide.network.balancer.norms),
     }
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()

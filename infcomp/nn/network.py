@@ -242,6 +242,7 @@ class InferenceNetwork(nn.Module):
         self.attention = Attention(c.hidden, e.memory_dim, e.memory_len, column_rnn=column_rnn) if e.memory_dim else None
         self.sites = nn.ModuleDict()
         self.balancer = GradientBalancer() if c.balance_gradients else None
+        self.amp: bool | None = None  # bfloat16 autocast of the encoder (see encode); a setting, not saved
         self.specs: dict[str, SiteSpec] = {}
         self._keys: dict[str, str] = {}
         self._first: dict[tuple, str] = {}  # head_key -> the address whose head the others share
@@ -287,10 +288,23 @@ class InferenceNetwork(nn.Module):
         """The parameters no address owns: the encoder's, the LSTM's and attention's."""
         return [p for n, p in self.named_parameters() if not n.startswith(("sites.", "family_embedding."))]
 
+    # -- the observation ----------------------------------------------------------
+    def encode(self, observations: dict):
+        """The encoder's ``(summary [B, E], memory [B, L, M] or None)``, in float32.  Under
+        :attr:`amp` (None: on a CUDA device, off elsewhere) the encoder runs in bfloat16 autocast,
+        where a CNN is several times faster; the LSTM, heads and densities stay float32, so
+        ``log q`` keeps its precision."""
+        device = self.lstm.weight_hh_l0.device
+        if not (self.amp if self.amp is not None else device.type == "cuda"):
+            return self.encoder(observations)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            obs_e, memory = self.encoder(observations)
+        return obs_e.float(), None if memory is None else memory.float()
+
     # -- training ---------------------------------------------------------------
     def log_q(self, batch) -> torch.Tensor:
         """``log q(latents | observation)`` of every trace in the batch: ``[B]``."""
-        obs_e, memory = self.encoder(batch.observation)
+        obs_e, memory = self.encode(batch.observation)
         B = batch.size
         T = int(batch.lengths.max()) if B else 0
         if T == 0:
@@ -355,7 +369,7 @@ class InferenceNetwork(nn.Module):
     # -- inference: rows of particles or observations, one address at a time ---
     def start(self, observations: dict):
         """Summaries ``[O, E]`` of ``{site: [O, *shape]}`` and what attention reads: ``(keys, memory)`` or None."""
-        obs_e, memory = self.encoder(observations)
+        obs_e, memory = self.encode(observations)
         attend = None if self.attention is None else (self.attention.keys(memory), memory)
         return obs_e, attend
 
@@ -421,5 +435,6 @@ class InferenceNetwork(nn.Module):
         """The previous-value input ``[R, V]`` after ``name`` took ``value [R, *S]`` (or ``[*S]``: one row)."""
         spec = self.specs[name]
         family = self.families[spec.family]
-        feats = family.features(value, context, spec)
+        device = self.lstm.weight_hh_l0.device  # a value drawn on the model's device crosses here
+        feats = family.features(value.to(device), context.to(device), spec)
         return self.site(name).value(feats.reshape(-1, family.feature_size(spec)))

@@ -95,12 +95,13 @@ def style_of(guide):
     return get_style(name)
 
 
-def load_breaker(path, bandwidth=None, text_only=False):
-    """``(guide, style)`` from a breaker file, the guide bound to the style's model; with
+def load_breaker(path, bandwidth=None, text_only=False, device="cpu"):
+    """``(guide, style)`` from a breaker file, the guide bound to the style's model, its network on
+    ``device`` (the style's model draws and renders on the CPU either way); with
     ``bandwidth``, the model reads with that ABC kernel bandwidth (see
     :meth:`CaptchaStyle.with_bandwidth`) instead of the style's own; with ``text_only``, it weighs
     particles by their text alone (:meth:`CaptchaStyle.with_text_only`)."""
-    guide = infcomp.load(path)
+    guide = infcomp.load(path, device=device)
     style = style_of(guide)
     if bandwidth is not None:
         style = style.with_bandwidth(bandwidth)

@@ -26,6 +26,7 @@ from pathlib import Path
 import infcomp
 from infcomp import CNNConfig
 from infcomp.data import ModelFailureError
+from infcomp.devices import checked_device
 from infcomp.distributed import join
 from infcomp.files import check_writable, output_lock
 from infcomp_models import captcha
@@ -99,6 +100,17 @@ def _probability(text):
         p = math.nan
     if not 0.0 <= p <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text!r}")
+    return p
+
+
+READ_DEVICE = "where the network reads: cpu, cuda or cuda:N (the style's model renders on the CPU)"
+
+
+def _share(text):
+    """A share in [0, 1): of the batches, say (1 would leave nothing of the dataset)."""
+    p = _probability(text)
+    if p >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1), got {text!r}")
     return p
 
 
@@ -188,6 +200,10 @@ def _options(args, options) -> dict:
 
 def cmd_compile(args):
     style = captcha.get_style(args.style)
+    checked_device(args.device, "--device")
+    if args.from_traces is None and (args.epochs != 1 or args.fresh_share != 0):
+        raise ValueError("--epochs and --fresh-share are settings of training on a trace dataset: "
+                         "give --from-traces DIR too")
     out = Path(args.out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +263,7 @@ def _compile_locked(args, style, out, main=True):
             checkpoint_every=args.checkpoint_every, echo=breaker.ECHO if args.echo is None else args.echo,
             config=config or None, encoder=encoder, overwrite=True,  # resumed from out, or --fresh, or new
             max_failure_rate=args.max_failure_rate, trace_timeout=args.trace_timeout, device=args.device,
-            traces=args.from_traces, epochs=args.epochs, fresh_share=args.fresh_share,
+            traces=args.from_traces, epochs=args.epochs, fresh_share=args.fresh_share, amp=args.amp,
         )
     except KeyboardInterrupt:
         print(f"interrupted: the breaker trained so far is saved in {out} (compile again to resume)", file=sys.stderr)
@@ -567,7 +583,7 @@ def _plots(args, rows, title):
 
 def cmd_break(args):
     _check_read_options(args)
-    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only, args.device)
     images, labels, names, seeds, unlike, errors = _load_files(args.files, style, args.seed)
     rows, greedy_ms, post_ms = _read_all(style, guide, images, labels, names, args.particles, len(images),
                                          seeds, not args.json, args.temperature, unlike, args.weighted)
@@ -596,7 +612,7 @@ def cmd_calibrate(args):
     """Simulation-based calibration of a breaker on fresh draws of its style (``infcomp.diagnostics``)."""
     from infcomp import diagnostics
 
-    guide, style = breaker.load_breaker(args.model)
+    guide, style = breaker.load_breaker(args.model, device=args.device)
     if args.plot:
         check_writable(args.plot, "--plot")
     cal = diagnostics.calibration(style.model, guide, args.n, args.particles, functions={"text": style.reading},
@@ -632,7 +648,7 @@ def cmd_evaluate(args):
     if args.coverage == "" and args.gallery:
         args.coverage = str(Path(args.gallery).with_suffix("")) + "-coverage.png"
     _check_read_options(args)
-    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only)
+    guide, style = breaker.load_breaker(args.model, args.bandwidth, args.text_only, args.device)
     images, labels = [], []
     drawn = captcha.get_style(style.name)  # draws come from the style as compiled, whatever it reads with
     for i in range(args.n):
@@ -728,8 +744,10 @@ def build_parser():
                    help="train on a trace dataset from 'infcomp traces' (its epochs are the budget unless "
                         "--minutes or --traces is given)")
     s.add_argument("--epochs", type=_positive_int, default=1, help="with --from-traces: passes over the dataset")
-    s.add_argument("--fresh-share", type=float, default=0.0, metavar="P",
+    s.add_argument("--fresh-share", type=_share, default=0.0, metavar="P",
                    help="with --from-traces: this share of the batches drawn fresh from the style instead")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast of the image encoder (default: on with a CUDA --device, off on the CPU)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
 
@@ -752,12 +770,14 @@ def build_parser():
     s.add_argument("--plot", help="write rank histograms and coverage or reliability plots (PNG)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    s.add_argument("--device", default="cpu", help=READ_DEVICE)
     s.set_defaults(fn=cmd_calibrate)
 
     for name, fn, help_ in (("break", cmd_break, "read CAPTCHA image files"),
                             ("evaluate", cmd_evaluate, "recognition rate on fresh draws from the style")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("model", help="a breaker file from 'infcomp compile'")
+        s.add_argument("--device", default="cpu", help=READ_DEVICE)
         if name == "break":
             s.add_argument("files", nargs="+")
             s.add_argument("--reliability", help="write a reliability plot (PNG) when file names are labels")
