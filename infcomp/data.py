@@ -253,7 +253,8 @@ def batch_stream(sampler: PriorSampler, batch_size: int, seed: int, workers: int
 
     With workers, ``trace_timeout`` (seconds) fails a trace that runs longer, ``deadline`` (a
     ``time.monotonic()`` value) ends the stream (``StopIteration``) when no batch has come by
-    then, and ``pin`` puts each batch in pinned memory (for a CUDA trainer) as it arrives.  With ``workers=0`` neither applies: a model that stalls in this process stalls the stream.
+    then, and ``pin`` puts each batch in pinned memory (for a CUDA trainer) as it arrives.  With
+    ``workers=0`` none of the three applies: a model that stalls in this process stalls the stream.
     """
     stream = PriorTraceStream(sampler, batch_size, seed, trace_timeout)
     if workers == 0:

@@ -58,6 +58,12 @@ def rank_cores() -> int:
     return max(1, cores // max(ranks, 1))
 
 
+def local_gpu() -> int:
+    """This rank's GPU among those the process sees: ``LOCAL_RANK``, wrapped by their number (a
+    launcher that shows each rank one GPU gives every rank its GPU 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """The seed rank ``rank``'s trace stream draws from (rank 0's is ``seed`` itself, so a
     one-rank run draws what a plain run does); far enough apart that ranks' workers never share one."""
@@ -79,6 +85,7 @@ class Say(NamedTuple):
     new_specs: list
     seconds: float
     failure: str = ""
+    clash: str = ""
 
 
 class Solo:
@@ -90,6 +97,8 @@ class Solo:
         return torch.device(device)
 
     def agree(self, say: Say) -> Say:
+        if say.clash:
+            raise ValueError(say.clash)
         return say._replace(stop=say.stop or say.ended, counts=tuple(say.counts), new_specs=list(say.new_specs))
 
     def broadcast_seed(self, seed: int) -> int:
@@ -116,29 +125,36 @@ class Group(Solo):
         self.comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def device(self, device) -> torch.device:
-        """``device`` for this rank: plain ``"cuda"`` becomes this rank's own GPU (``LOCAL_RANK``);
-        a numbered one other than that is a ValueError (every rank would share it)."""
+        """``device`` for this rank: ``"cuda"`` becomes this rank's own GPU (:func:`local_gpu`), as
+        does ``"cuda:0"`` where each rank sees one GPU; another numbered GPU is a ValueError, on
+        every rank alike (the ranks would share it)."""
         device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", self.local_rank)
-        elif device.type == "cuda" and device.index != self.local_rank:
-            raise ValueError(f"device {str(device)!r} on rank {self.rank}: under torchrun each rank trains on its own "
-                             f"GPU, cuda:LOCAL_RANK (cuda:{self.local_rank} here); pass device='cuda'")
-        return device
+        if device.type != "cuda":
+            return device
+        if device.index is None or (device.index == 0 and torch.cuda.device_count() == 1):
+            return torch.device("cuda", local_gpu())
+        raise ValueError(f"device {str(device)!r}: under torchrun each rank trains on a GPU of its own (cuda:LOCAL_RANK "
+                         "of those it sees); pass device='cuda'")
 
     def agree(self, say: Say) -> Say:
         """Every rank's :class:`Say`, agreed in one all-reduce (and, where called for, a gather):
 
         ``stop`` where any rank's is, or where every rank's share is ``ended``; ``stalled`` where
-        any rank's is; each of ``counts`` summed; the specs new to the network on any rank in one
+        any rank's is; a ValueError on every rank where any rank's ``clash`` is set (the lowest such rank's); each of ``counts`` summed; the specs new to the network on any rank in one
         order, the same on every rank (each named once, the lower rank's first; ValueError, on
         every rank alike, where two ranks met one address as different sites); the ranks' mean
         ``seconds`` (so that a budget in minutes, and the learning rate that follows it, is read
         alike on every rank); and the highest rank's ``failure`` where traces failed."""
-        flags = [float(say.stop), float(say.ended), float(say.stalled), say.seconds, len(say.new_specs)]
+        flags = [float(say.stop), float(say.ended), float(say.stalled), float(bool(say.clash)), say.seconds,
+                 len(say.new_specs)]
         total = torch.tensor(flags + list(say.counts), dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(total)
-        stop, ended, stalled, seconds, new, *counts = total.tolist()
+        stop, ended, stalled, clash, seconds, new, *counts = total.tolist()
+        if clash:
+            clashes = [None] * self.world_size
+            dist.all_gather_object(clashes, say.clash)
+            rank = next(r for r, c in enumerate(clashes) if c)
+            raise ValueError(f"rank {rank}: {clashes[rank]}")
         counts = tuple(round(c) for c in counts)
         union = {}
         if new:
@@ -231,6 +247,6 @@ def join(device="cpu"):
                                f"{', '.join(missing)} is not set: launch with torchrun, or unset WORLD_SIZE")
         cuda = torch.device(device).type == "cuda"
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_gpu())
         dist.init_process_group("nccl" if cuda else "gloo")
     return Group()

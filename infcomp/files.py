@@ -132,8 +132,9 @@ def _acquire(lock, path, what) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ValueError(f"{what} {path} is in use by another compile (it holds {lock}): wait for it to "
-                             "end, or give another file") from None
+            holder = "compile" if what in ("checkpoint", "--out") else "process"
+            raise ValueError(f"{what} {path} is in use by another {holder} (it holds {lock}): wait for it to "
+                             "end, or give another one") from None
         try:
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
                 return fd

@@ -210,6 +210,7 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
     _checked_folder(path, settings)  # before any work; again under the lock, before any file
     sampler = PriorSampler(model, settings["observe"], model_args, model_kwargs, make_families(families))
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # where the lock file goes
     with fork_rng(int(seed)), output_lock(path, "trace dataset"):  # the caller's generators as they were
         draw_records(sampler, 1, FailureWindow(max_failure_rate))  # the model's errors here, before any file
         sampler.validate = False  # Pyro's argument checks ran on that trace
@@ -272,6 +273,9 @@ class TraceShards:
         out = {}
         for f in self.files:
             for e in _header(f)["observed"]:
+                if "shape" not in e:
+                    raise ValueError(f"{f} was written by an earlier infcomp that did not record the observations' "
+                                     "shape: write the dataset again with infcomp.save_traces")
                 have = (tuple(e["shape"]), e["dtype"])
                 if out.setdefault(e["name"], have) != have:
                     raise ValueError(f"{f}: observed site {e['name']!r} is {have}, but {out[e['name']]} in an "
@@ -358,18 +362,24 @@ def shard_batches(shards: TraceShards, specs: dict, batch_size: int, epochs: int
 class Mixed:
     """Stored ``(batch, fresh)`` pairs with fresh prior ones mixed in: before each stored batch, with
     probability ``share``, a batch of ``prior`` (an :class:`~infcomp.data.Echo`) comes instead.
-    Ends with the stored batches (``finite``: its end is the run's, not a stalled model's)."""
+    Ends with the stored batches (``finite``: its end is the run's), or where the prior's stream
+    ends (``stalled``: a deadline passed while waiting for fresh traces)."""
 
     finite = True
 
     def __init__(self, stored, prior, share: float, seed: int):
         self.stored, self.prior, self.share = stored, prior, share
         self.rng = random.Random(seed)
+        self.stalled = False  # the prior's stream ended: a deadline passed while waiting for fresh traces
 
     def __iter__(self):
         return self
 
     def __next__(self):
         if self.prior is not None and self.rng.random() < self.share:
-            return next(self.prior)
+            try:
+                return next(self.prior)
+            except StopIteration:
+                self.stalled = True
+                raise
         return next(self.stored)

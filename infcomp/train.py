@@ -492,7 +492,7 @@ class Trainer:
         try:
             return next(stream)
         except StopIteration:
-            if getattr(stream, "finite", False):
+            if getattr(stream, "finite", False) and not getattr(stream, "stalled", False):
                 self.ended = True
             else:
                 self.stalled = True
@@ -507,10 +507,11 @@ class Trainer:
         or every rank's stream ended).  One process agrees with itself.  A rank whose stream ended
         while others' go on takes their steps with an empty batch."""
         size = 0 if batch is None else batch.size
-        counts = (size, size if fresh else 0, 0 if batch is None else batch.failed)
+        counts = (size, size if fresh else 0, batch.failed if fresh else 0)  # a repeat's failures were counted
         new = [] if batch is None else [s for n, s in batch.specs.items() if n not in self.guide.network.specs]
-        error = "" if batch is None else batch.error
-        said = self.group.agree(Say(self.stopped or self.stalled, self.ended, self.stalled, counts, new, seconds, error))
+        error = batch.error if fresh else ""
+        said = self.group.agree(Say(self.stopped or self.stalled, self.ended, self.stalled, counts, new, seconds, error,
+                                    _clash(batch, self.guide.network.specs)))
         stats.stopped_waiting = stats.stopped_waiting or said.stalled
         stats.last_failure = said.failure or stats.last_failure
         if said.stop:
@@ -525,8 +526,8 @@ class Trainer:
         """A step on ``batch`` (none where the step's traces all failed), the step's ``counts``
         (:meth:`agree`; ``batch``'s own by default) added to ``stats``."""
         if counts is None:
-            counts = (batch.size, batch.size if fresh else 0, batch.failed)
-            stats.last_failure = batch.error or stats.last_failure
+            counts = (batch.size, batch.size if fresh else 0, batch.failed if fresh else 0)
+            stats.last_failure = (batch.error if fresh else "") or stats.last_failure
         traces, fresh_traces, failed = counts
         stats.failed_traces += failed
         if traces == 0:
@@ -560,7 +561,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
         trace costs about as much as a step on it; ``num_traces`` counts fresh traces.
     :param threads: torch threads for the gradient steps (default: the cores the workers leave, at least one).
     :param device: where the network trains (``"cuda"``: under torchrun each rank's own GPU); the
-        traces are drawn on the CPU and copied over from pinned memory.
+        traces are drawn on the CPU (by workers: copied over from pinned memory).
     :param amp: bfloat16 autocast of the observation encoder (:meth:`~infcomp.nn.network.InferenceNetwork.encode`;
         None: on CUDA only).  ``distributed=False`` trains alone even where torchrun's environment is set.
     :param seed: makes the run reproducible (for a fixed number of workers).  Either way the
@@ -669,6 +670,19 @@ def _stream(s, sampler, seed, deadline):
     stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed + 1, s.workers, s.group.rank,
                            s.group.world_size, s.device.type == "cuda")  # each random choice from a seed of its own
     return Mixed(stored, prior, s.fresh_share, seed + 2)
+
+
+def _clash(batch, known: dict) -> str:
+    """The error where ``batch`` holds an address the network knows as another site (met so by a
+    worker, or a rank, that had not seen the network's entry), else ``""``."""
+    for name, spec in ({} if batch is None else batch.specs).items():
+        have = known.get(name)
+        if have is not None and have != spec:
+            try:
+                check_consistent(have, spec)  # "before": the network's; "now": the batch's
+            except ValueError as e:
+                return str(e)
+    return ""
 
 
 def _add_stored_sites(sampler, shards, observation):

@@ -219,6 +219,13 @@ def test_failed_traces_are_skipped_and_counted(workers):
     assert run.last_failure == "ZeroDivisionError: boom in the simulator"
 
 
+def test_an_echoed_batch_counts_its_failed_traces_once():
+    model = Counting(fail_every=40)
+    run = infcomp.compile(model, num_traces=1280, batch_size=16, **{**FAST, "echo": 3.0}).last_run
+    assert run.traces == 1280 and run.trained_traces > 2 * 1280
+    assert 10 <= run.failed_traces <= model.calls // 40 + 1  # each failure once, not once a repeat
+
+
 def test_a_model_failing_too_often_stops_saved_naming_its_error(tmp_path):
     path = tmp_path / "g.pt"
     model = Counting(fail_from=16 + 3 * 64, error=KeyError)  # the validation set and three batches, then failures

@@ -42,6 +42,7 @@ def test_ranks_agree_on_one_address_table_and_the_stop(ranks):
                               "failure": "E: on rank 1", "stalled": False}
         assert r["ended"] == [False, True]  # one rank's share ended: the run goes on; both: it stops
         assert r["clash"] is not None and "'a'" in r["clash"] and "rank 1" in r["clash"]
+        assert r["known_clash"] == "rank 1: site 'a' changed shape"  # raised on both ranks, naming the one
 
 
 def test_a_rank_whose_share_ends_first_steps_on_until_every_rank_is_done(ranks):
@@ -110,3 +111,25 @@ def test_distributed_false_trains_alone_where_the_launcher_s_environment_asks_fo
         infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, progress=False)
     guide = infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, progress=False, distributed=False)
     assert guide.metadata["world_size"] == 1 and guide.traces_trained == 64
+
+
+def test_a_batch_that_meets_a_known_address_as_another_site_is_an_error():
+    import pyro
+    import pyro.distributions as dist
+
+    from infcomp.data import collate
+    from infcomp.distributed import Say
+    from infcomp.traces import PriorSampler
+    from infcomp.train import _clash
+
+    def wide(y=None):
+        pyro.sample("n", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    guide = infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, progress=False)
+    sampler = PriorSampler(wide, "y")
+    batch = collate([sampler.sample() for _ in range(4)], sampler.specs)
+    message = _clash(batch, guide.network.specs)
+    assert "site 'n'" in message
+    with pytest.raises(ValueError, match="site 'n'"):
+        Solo().agree(Say(False, False, False, (4, 4, 0), [], 0.0, "", message))

@@ -209,3 +209,17 @@ def test_the_command_line_writes_a_style_s_traces_and_compiles_a_breaker_on_them
     assert main(["compile", "--style", "baidu2011", "--from-traces", str(tmp_path / "none"), "--out",
                  str(tmp_path / "x.pt"), "--workers", "0", "--quiet"]) == 2
     assert "none holds no trace dataset" in capsys.readouterr().err
+
+
+def test_a_mixed_stream_whose_fresh_draws_stall_says_so():
+    from infcomp.shards import Mixed
+
+    mixed = Mixed(iter([("stored", True)] * 3), iter([]), share=1.0, seed=0)
+    with pytest.raises(StopIteration):
+        next(mixed)
+    assert mixed.stalled
+    done = Mixed(iter([("stored", True)]), None, share=0.5, seed=0)
+    assert next(done) == ("stored", True)
+    with pytest.raises(StopIteration):
+        next(done)
+    assert not done.stalled

@@ -94,6 +94,11 @@ def main(out):
         result["clash"] = None
     except ValueError as e:
         result["clash"] = str(e)
+    try:
+        group.agree(Say(False, False, False, (0,), [], 0.0, "", "site 'a' changed shape" if rank == 1 else ""))
+        result["known_clash"] = None
+    except ValueError as e:
+        result["known_clash"] = str(e)
 
     trainer, sampler = exact_trainer(group)
     batches = exact_batches(sampler, rank)

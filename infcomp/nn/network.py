@@ -181,6 +181,14 @@ class Attention(nn.Module):
         return context[:, 0] if trace is None else context[trace, slot]
 
 
+def _native_bf16(device) -> bool:
+    """Whether ``device`` is a GPU that computes in bfloat16 natively (not emulated, which is slower)."""
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def grouped_linear(x, layers, address, slot, num_slots):
     """Row ``r`` of ``x`` through ``layers[address[r]]``: ``[R, in] -> [R, out]``, one batched matmul."""
     if all(l is layers[0] for l in layers):  # one address, or addresses sharing their head
@@ -291,11 +299,11 @@ class InferenceNetwork(nn.Module):
     # -- the observation ----------------------------------------------------------
     def encode(self, observations: dict):
         """The encoder's ``(summary [B, E], memory [B, L, M] or None)``, in float32.  Under
-        :attr:`amp` (None: on a CUDA device, off elsewhere) the encoder runs in bfloat16 autocast,
+        :attr:`amp` (None: on a CUDA device with native bfloat16, off elsewhere) the encoder runs in bfloat16 autocast,
         where a CNN is several times faster; the LSTM, heads and densities stay float32, so
         ``log q`` keeps its precision."""
         device = self.lstm.weight_hh_l0.device
-        if not (self.amp if self.amp is not None else device.type == "cuda"):
+        if not (self.amp if self.amp is not None else _native_bf16(device)):
             return self.encoder(observations)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             obs_e, memory = self.encoder(observations)

@@ -200,7 +200,6 @@ def _options(args, options) -> dict:
 
 def cmd_compile(args):
     style = captcha.get_style(args.style)
-    checked_device(args.device, "--device")
     if args.from_traces is None and (args.epochs != 1 or args.fresh_share != 0):
         raise ValueError("--epochs and --fresh-share are settings of training on a trace dataset: "
                          "give --from-traces DIR too")
@@ -823,6 +822,8 @@ USER_ERRORS = (ValueError, OSError, ModelFailureError)
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            checked_device(args.device, "--device")  # before any work
         return args.fn(args) or 0
     except USER_ERRORS as e:
         message = " ".join(str(e).split()) or type(e).__name__
