@@ -104,6 +104,10 @@ class Solo:
     def broadcast_seed(self, seed: int) -> int:
         return seed
 
+    def raise_main(self, error) -> None:
+        if error is not None:
+            raise error
+
     def broadcast_parameters(self, parameters) -> None:
         pass
 
@@ -173,6 +177,16 @@ class Group(Solo):
         ended = round(ended) == self.world_size
         return Say(stop > 0 or ended, ended, stalled > 0, counts, [SiteSpec.from_dict(d) for d in union.values()],
                    seconds / self.world_size, failure)
+
+    def raise_main(self, error) -> None:
+        """Raise rank 0's ``error`` (a ValueError, or None) on every rank: the others get one of the
+        same message, so that no rank waits on a collective rank 0 has left."""
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[0] is not None:
+            raise ValueError(f"rank 0 refused the run: {box[0]}")
 
     def broadcast_seed(self, seed: int) -> int:
         """Rank 0's ``seed``, on every rank."""

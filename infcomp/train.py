@@ -598,15 +598,21 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
 
 def _locked_run(s) -> Guide:
     """:func:`_train` on the checked settings ``s``, in this rank's process group (where one is
-    asked for), under the lock on the checkpoint (rank 0's alone: it writes the file)."""
+    asked for), under the lock on the checkpoint (rank 0's alone: it writes the file; where rank 0
+    may not, every rank raises its error)."""
     if s.checkpoint is not None:
         check_writable(s.checkpoint)
     s.group = join(s.device) if s.distributed is not False else Solo()
     s.device = s.group.device(s.device)
-    locked = s.checkpoint is not None and s.group.is_main
-    with output_lock(s.checkpoint) if locked else contextlib.nullcontext():
-        if s.checkpoint is not None:
-            _check_overwrite(s.checkpoint, s.guide, s.overwrite)
+    with contextlib.ExitStack() as held:
+        refused = None
+        if s.checkpoint is not None and s.group.is_main:
+            try:
+                held.enter_context(output_lock(s.checkpoint))
+                _check_overwrite(s.checkpoint, s.guide, s.overwrite)
+            except ValueError as e:
+                refused = e
+        s.group.raise_main(refused)  # rank 0's refusal, raised on every rank
         return _train(s)
 
 

@@ -81,6 +81,12 @@ def test_compiled_ranks_end_identical_having_grown_the_same_addresses(ranks):
     assert a["traces_trained"] == b["traces_trained"] == a["traces"] >= two_ranks.COMPILE_TRACES
 
 
+def test_rank_0_s_refusal_of_the_checkpoint_is_raised_on_every_rank(ranks):
+    results, _ = ranks
+    assert "already exists" in results[0]["refused"]
+    assert results[1]["refused"] == f"rank 0 refused the run: {results[0]['refused']}"
+
+
 def test_loss_per_trace_of_two_ranks_matches_one_process_at_twice_the_batch(ranks):
     results, _ = ranks
     one = infcomp.compile(poisson_branching, "y", two_ranks.COMPILE_TRACES, batch_size=two_ranks.COMPILE_BATCH,

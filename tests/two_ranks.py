@@ -1,7 +1,7 @@
 """What tests/test_distributed.py runs on each of two ranks under torchrun: ``python -m
 torch.distributed.run --standalone --nproc_per_node 2 tests/two_ranks.py OUT``.
 
-Each rank writes ``OUT/rank{r}.pt``: its answers to the three checks below, for the test to compare.
+Each rank writes ``OUT/rank{r}.pt``: its answers to the checks below, for the test to compare.
 
 1. ``agree``: each rank offers its own new addresses (rank 0 ``a, b``; rank 1 ``b, c``), and both
    must get back one table in one order, the stop, the summed counts and rank 1's failure; an
@@ -12,7 +12,8 @@ Each rank writes ``OUT/rank{r}.pt``: its answers to the three checks below, for 
    the parameters after them, to compare with one process stepping on the whole batches.
 3. ``compile``: ``infcomp.compile`` of the Poisson-branching model (a varying number of
    addresses, the rare ones met first by one rank or the other) with a checkpoint; the
-   parameters, the address table and the run's figures on each rank.
+   parameters, the address table and the run's figures on each rank.  Then ``refused``: a
+   second compile to that checkpoint without ``guide=``, which rank 0 refuses, on both ranks.
 """
 
 import copy
@@ -120,6 +121,11 @@ def main(out):
         "validation_loss": guide.last_run.validation_loss,
         "norms": dict(guide.network.balancer.norms),
     }
+    try:  # the checkpoint exists and no guide= is given: rank 0 refuses, and so must rank 1
+        infcomp.compile(poisson_branching, "y", 64, workers=0, validation_size=8, checkpoint=checkpoint, progress=False)
+        result["refused"] = None
+    except ValueError as e:
+        result["refused"] = str(e)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

@@ -211,7 +211,14 @@ def cmd_compile(args):
     check_writable(out, "--out")
     group = join(args.device)  # under torchrun: this rank's place; rank 0 alone writes --out and prints
     # held from the resume's load to the last save: one compile per file
-    with output_lock(out, "--out") if group.is_main else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        refused = None
+        if group.is_main:
+            try:
+                held.enter_context(output_lock(out, "--out"))
+            except ValueError as e:
+                refused = e
+        group.raise_main(refused)  # every rank stops where rank 0 may not write --out
         return _compile_locked(args, style, out, group.is_main)
 
 
