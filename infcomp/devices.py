@@ -21,6 +21,6 @@ def checked_device(device, what: str = "device") -> torch.device:
                              f"(torch {torch.__version__}); use 'cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{what} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type not in ("cpu",):
+    elif device.type != "cpu":
         raise ValueError(f"{what} {str(device)!r}: infcomp runs on 'cpu' or 'cuda'")
     return device

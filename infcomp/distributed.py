@@ -30,15 +30,17 @@ is the same arithmetic, without overlapping communication with the backward pass
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
+from .files import output_lock
 from .traces import SiteSpec, check_consistent
 
-__all__ = ["Group", "Say", "Solo", "join", "launched", "rank_cores", "rank_seed"]
+__all__ = ["Group", "Say", "Solo", "join", "launched", "main_lock", "rank_cores", "rank_seed"]
 
 
 def launched() -> bool:
@@ -144,7 +146,8 @@ class Group(Solo):
         """Every rank's :class:`Say`, agreed in one all-reduce (and, where called for, a gather):
 
         ``stop`` where any rank's is, or where every rank's share is ``ended``; ``stalled`` where
-        any rank's is; a ValueError on every rank where any rank's ``clash`` is set (the lowest such rank's); each of ``counts`` summed; the specs new to the network on any rank in one
+        any rank's is; a ValueError on every rank where any rank's ``clash`` is set (the lowest
+        such rank's); each of ``counts`` summed; the specs new to the network on any rank in one
         order, the same on every rank (each named once, the lower rank's first; ValueError, on
         every rank alike, where two ranks met one address as different sites); the ranks' mean
         ``seconds`` (so that a budget in minutes, and the learning rate that follows it, is read
@@ -237,6 +240,24 @@ class Group(Solo):
         for p, g, r in zip(parameters, grads, reached):
             p.grad = g.view_as(p) / max(traces, 1) if r > 0 else None
         return reached[-1]
+
+
+@contextlib.contextmanager
+def main_lock(group, path, what="checkpoint", check=None):
+    """The block with rank 0 holding the output lock on ``path`` (:func:`~infcomp.files.output_lock`;
+    it alone writes there) and ``check()`` passed under it; where either raises a ValueError on
+    rank 0, every rank raises it (:meth:`Group.raise_main`) before the block."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        if group.is_main:
+            try:
+                held.enter_context(output_lock(path, what))
+                if check is not None:
+                    check()
+            except ValueError as e:
+                refused = e
+        group.raise_main(refused)
+        yield
 
 
 def _check_same(first: dict, other: dict, rank: int) -> None:

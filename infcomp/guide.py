@@ -254,8 +254,9 @@ def _refuse_changes(differences, what: str, argument: str):
 def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *, guide=None, encoder=None,
                 embedding=None, config=None, families=(), device="cpu") -> Guide:
     """A new guide for ``model`` (its network sized from the ``validation`` trace records), or
-    ``guide`` checked against the model, bound to it and moved to ``device``.  ValueError if a resumed guide observes
-    other sites or was built with another network than ``config`` or ``encoder`` ask for."""
+    ``guide`` checked against the model, bound to it and moved to ``device``.  ValueError if a
+    resumed guide observes other sites or was built with another network than ``config`` or
+    ``encoder`` ask for."""
     fields, cnn, cnn_fields, module = _network_settings(config, encoder, embedding)
     if guide is None:
         obs_specs = observation_specs(validation[0])

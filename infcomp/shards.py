@@ -252,6 +252,7 @@ class TraceShards:
             raise ValueError(f"{index} is not an {FORMAT} index of version {VERSION}")
         count = -(-self.settings["num_traces"] // self.settings["shard_size"])
         self.files = [os.path.join(self.path, _shard_name(i)) for i in range(count)]
+        self._headers = None
 
     @property
     def observe(self) -> tuple:
@@ -267,12 +268,21 @@ class TraceShards:
             raise ValueError(f"{self.path}: {len(missing)} of its {len(self.files)} shards are missing "
                              f"(first {os.path.basename(missing[0])}): resume infcomp.save_traces with its settings")
 
+    def headers(self) -> list:
+        """Every shard's header, in shard order: read once, when first asked (every shard written)."""
+        if self._headers is None:
+            self._headers = [_header(f) for f in self.files]
+        return self._headers
+
+    def __getstate__(self):
+        return {**self.__dict__, "_headers": None}  # a reader process reads only its own shards' headers
+
     def observed(self) -> dict:
         """``{site: (shape, dtype)}`` of each observed site as drawn (one trace's, not the stored
         form); ValueError naming the shard where two shards disagree."""
         out = {}
-        for f in self.files:
-            for e in _header(f)["observed"]:
+        for f, header in zip(self.files, self.headers()):
+            for e in header["observed"]:
                 if "shape" not in e:
                     raise ValueError(f"{f} was written by an earlier infcomp that did not record the observations' "
                                      "shape: write the dataset again with infcomp.save_traces")
@@ -285,8 +295,8 @@ class TraceShards:
     def specs(self) -> dict:
         """The address table of every shard, ``{name: SiteSpec}`` (ValueError where two shards disagree)."""
         out = {}
-        for f in self.files:
-            for d in _header(f)["sites"]:
+        for header in self.headers():
+            for d in header["sites"]:
                 spec = SiteSpec.from_dict(d)
                 if spec.name in out:
                     check_consistent(out[spec.name], spec)

@@ -27,7 +27,6 @@ latest run; a checkpoint resumes on any number of them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -43,9 +42,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .devices import checked_device
-from .distributed import Say, Solo, join, rank_cores, rank_seed
+from .distributed import Say, Solo, join, main_lock, rank_cores, rank_seed
 from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate, draw_records
-from .files import check_writable, output_lock
+from .files import check_writable
 from .guide import Guide, build_guide, default_lr
 from .nn.proposals import make_families
 from .rng import draw_seed, fork_rng
@@ -443,7 +442,8 @@ class Trainer:
     def run(self, stream, callbacks=(), stats: RunStats | None = None) -> RunStats:
         """Train on ``stream``'s ``(batch, fresh)`` pairs (:class:`~infcomp.data.Echo`) until a
         callback calls :meth:`stop` or the stream ends (a dataset's end, every rank's under
-        several; or a deadline passed while waiting for traces: ``stats.stopped_waiting``); returns the figures, which are also ``guide.last_run``.
+        several; or a deadline passed while waiting for traces: ``stats.stopped_waiting``);
+        returns the figures, which are also ``guide.last_run``.
 
         Only fresh batches count towards ``stats.traces`` and ``guide.traces_trained``; a batch's
         failed traces go to ``stats.failed_traces``, and a batch left empty by them takes no step
@@ -506,10 +506,8 @@ class Trainer:
         failure as the ranks agreed them; None where the run stops here (a rank stopped or stalled,
         or every rank's stream ended).  One process agrees with itself.  A rank whose stream ended
         while others' go on takes their steps with an empty batch."""
-        size = 0 if batch is None else batch.size
-        counts = (size, size if fresh else 0, batch.failed if fresh else 0)  # a repeat's failures were counted
+        counts, error = _own_counts(batch, fresh)
         new = [] if batch is None else [s for n, s in batch.specs.items() if n not in self.guide.network.specs]
-        error = batch.error if fresh else ""
         said = self.group.agree(Say(self.stopped or self.stalled, self.ended, self.stalled, counts, new, seconds, error,
                                     _clash(batch, self.guide.network.specs)))
         stats.stopped_waiting = stats.stopped_waiting or said.stalled
@@ -526,8 +524,8 @@ class Trainer:
         """A step on ``batch`` (none where the step's traces all failed), the step's ``counts``
         (:meth:`agree`; ``batch``'s own by default) added to ``stats``."""
         if counts is None:
-            counts = (batch.size, batch.size if fresh else 0, batch.failed if fresh else 0)
-            stats.last_failure = (batch.error if fresh else "") or stats.last_failure
+            counts, error = _own_counts(batch, fresh)
+            stats.last_failure = error or stats.last_failure
         traces, fresh_traces, failed = counts
         stats.failed_traces += failed
         if traces == 0:
@@ -563,7 +561,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param device: where the network trains (``"cuda"``: under torchrun each rank's own GPU); the
         traces are drawn on the CPU (by workers: copied over from pinned memory).
     :param amp: bfloat16 autocast of the observation encoder (:meth:`~infcomp.nn.network.InferenceNetwork.encode`;
-        None: on CUDA only).  ``distributed=False`` trains alone even where torchrun's environment is set.
+        None: on GPUs that compute it natively).  ``distributed=False`` trains alone even where torchrun's environment is set.
     :param seed: makes the run reproducible (for a fixed number of workers).  Either way the
         caller's random number generators are left as if compile had not run, except that
         without a seed the run's seed is one draw from torch's (``guide.last_run.seed``).
@@ -604,15 +602,9 @@ def _locked_run(s) -> Guide:
         check_writable(s.checkpoint)
     s.group = join(s.device) if s.distributed is not False else Solo()
     s.device = s.group.device(s.device)
-    with contextlib.ExitStack() as held:
-        refused = None
-        if s.checkpoint is not None and s.group.is_main:
-            try:
-                held.enter_context(output_lock(s.checkpoint))
-                _check_overwrite(s.checkpoint, s.guide, s.overwrite)
-            except ValueError as e:
-                refused = e
-        s.group.raise_main(refused)  # rank 0's refusal, raised on every rank
+    if s.checkpoint is None:
+        return _train(s)
+    with main_lock(s.group, s.checkpoint, check=lambda: _check_overwrite(s.checkpoint, s.guide, s.overwrite)):
         return _train(s)
 
 
@@ -666,16 +658,24 @@ def _train(s) -> Guide:
 def _stream(s, sampler, seed, deadline):
     """The run's ``(batch, fresh)`` pairs: prior draws (echoed), or the trace dataset with a
     ``fresh_share`` of them mixed in."""
-    prior = None
+    prior, pin = None, s.device.type == "cuda"  # pinned batches copy to the GPU while it works
     if s.traces is None or s.fresh_share > 0:
-        pin = s.device.type == "cuda"  # pinned batches copy to the GPU while it works
         prior = Echo(batch_stream(sampler, s.batch_size, seed, s.workers, s.trace_timeout, deadline, pin), s.echo,
                      seed=seed)
     if s.traces is None:
         return prior
     stored = shard_batches(s.traces, sampler.specs, s.batch_size, s.epochs, seed + 1, s.workers, s.group.rank,
-                           s.group.world_size, s.device.type == "cuda")  # each random choice from a seed of its own
+                           s.group.world_size, pin)  # each random choice from a seed of its own
     return Mixed(stored, prior, s.fresh_share, seed + 2)
+
+
+def _own_counts(batch, fresh) -> tuple:
+    """``((traces, fresh traces, failed traces), latest failure)`` of one rank's ``batch`` (None: an
+    empty one); a repeat's failures were counted with its first showing, so it has none."""
+    size = 0 if batch is None else batch.size
+    if not fresh:
+        return (size, 0, 0), ""
+    return (size, size, batch.failed), batch.error
 
 
 def _clash(batch, known: dict) -> str:

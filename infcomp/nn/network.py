@@ -299,9 +299,9 @@ class InferenceNetwork(nn.Module):
     # -- the observation ----------------------------------------------------------
     def encode(self, observations: dict):
         """The encoder's ``(summary [B, E], memory [B, L, M] or None)``, in float32.  Under
-        :attr:`amp` (None: on a CUDA device with native bfloat16, off elsewhere) the encoder runs in bfloat16 autocast,
-        where a CNN is several times faster; the LSTM, heads and densities stay float32, so
-        ``log q`` keeps its precision."""
+        :attr:`amp` (None: on a CUDA device with native bfloat16, off elsewhere) the encoder runs
+        in bfloat16 autocast, where a CNN is several times faster; the LSTM, heads and densities
+        stay float32, so ``log q`` keeps its precision."""
         device = self.lstm.weight_hh_l0.device
         if not (self.amp if self.amp is not None else _native_bf16(device)):
             return self.encoder(observations)

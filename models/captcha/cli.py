@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import contextlib
 import hashlib
 import json
 import math
@@ -27,8 +26,8 @@ import infcomp
 from infcomp import CNNConfig
 from infcomp.data import ModelFailureError
 from infcomp.devices import checked_device
-from infcomp.distributed import join
-from infcomp.files import check_writable, output_lock
+from infcomp.distributed import join, main_lock
+from infcomp.files import check_writable
 from infcomp_models import captcha
 
 from . import breaker
@@ -211,14 +210,7 @@ def cmd_compile(args):
     check_writable(out, "--out")
     group = join(args.device)  # under torchrun: this rank's place; rank 0 alone writes --out and prints
     # held from the resume's load to the last save: one compile per file
-    with contextlib.ExitStack() as held:
-        refused = None
-        if group.is_main:
-            try:
-                held.enter_context(output_lock(out, "--out"))
-            except ValueError as e:
-                refused = e
-        group.raise_main(refused)  # every rank stops where rank 0 may not write --out
+    with main_lock(group, out, "--out"):  # every rank stops where rank 0 may not write --out
         return _compile_locked(args, style, out, group.is_main)
 
 
@@ -753,7 +745,7 @@ def build_parser():
     s.add_argument("--fresh-share", type=_share, default=0.0, metavar="P",
                    help="with --from-traces: this share of the batches drawn fresh from the style instead")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast of the image encoder (default: on with a CUDA --device, off on the CPU)")
+                   help="bfloat16 autocast of the image encoder (default: on a CUDA --device that computes it natively)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_compile)
 
