@@ -9,6 +9,8 @@ convention) or from :meth:`Guide.condition`.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import pyro.poutine as poutine
 
@@ -101,6 +103,15 @@ class Guide:
         together; its errors number them from ``first_index`` (None: one observation, unnumbered)."""
         stacked = {n: torch.stack([o[n] for o in observations]).to(self.device) for n in self.obs_specs}
         return ObservationState(self.network, stacked, self._address_terms, first_index)
+
+    def copy(self) -> Guide:
+        """A guide of its own for the same model and arguments: the network's weights copied (the
+        copy trains without touching this one), the record of its training kept, no optimiser state."""
+        other = Guide(copy.deepcopy(self.network), self.observe, self.model, self.model_args, self.model_kwargs)
+        other.traces_trained, other.history = self.traces_trained, list(self.history)
+        other.metadata, other.last_run = dict(self.metadata), self.last_run
+        other._checked_model = self._checked_model
+        return other
 
     def invalidate(self):
         """Forget cached per-observation and per-address work (the network's weights are changing)."""

@@ -18,6 +18,7 @@ holds, both weigh it the same.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import numbers
@@ -33,9 +34,11 @@ from tqdm.auto import tqdm
 from .handler import PausingProposal, Proposer
 from .lockstep import lockstep
 from .posterior import Posterior
+from .refine import Refine, refined_copy
 from .rng import fork_rng
 from .threads import limited_threads
 from .traces import is_latent, normalize_observe, observation_fault, observed_tensor
+from .weights import warn_unreliable
 
 __all__ = ["infer", "greedy", "LogWeight"]
 
@@ -47,7 +50,9 @@ def _log_prob(fn, msg):
 
 class LogWeight(Messenger):
     """Accumulates one run's log importance weight and records its latent values
-    (only the values with ``weigh=False``: a greedy read needs no weight).
+    (only the values with ``weigh=False``: a greedy read needs no weight), the values of its
+    ``pyro.deterministic`` sites (``deterministic``) and, with ``record_priors``, each latent
+    site's prior (``priors``: what a refinement's trace records need).
 
     At each site named in ``observe`` it checks the value against the site's distribution
     (:func:`~infcomp.traces.observation_fault`): a shape the site does not draw raises; a value
@@ -55,14 +60,15 @@ class LogWeight(Messenger):
     or raises where ``weigh=False``.  ``bad`` names the first site whose term was NaN or +inf.
     """
 
-    def __init__(self, weigh=True, observe=()):
+    def __init__(self, weigh=True, observe=(), record_priors=False):
         super().__init__()
         self.weigh = weigh
         self.observe = frozenset(observe)
+        self.record_priors = record_priors
 
     def __enter__(self):
         self.log_weight = 0.0
-        self.values = {}
+        self.values, self.deterministic, self.priors = {}, {}, {}
         self.observed = set()
         self.fault = self.bad = None
         return super().__enter__()
@@ -76,7 +82,9 @@ class LogWeight(Messenger):
         self.log_weight += term
 
     def _pyro_post_sample(self, msg):
-        if msg["is_observed"]:
+        if msg["infer"].get("_deterministic"):
+            self.deterministic[msg["name"]] = msg["value"]
+        elif msg["is_observed"]:
             self.observed.add(msg["name"])
             fault = observation_fault(msg["name"], msg["value"], msg["fn"]) if msg["name"] in self.observe else ""
             if fault and not self.weigh:
@@ -88,9 +96,11 @@ class LogWeight(Messenger):
                 self._add(msg["name"], _log_prob(msg["fn"], msg))
         elif is_latent(msg):
             self.values[msg["name"]] = msg["value"]
+            prior, log_q = msg["infer"].get("prior"), msg["infer"].get("log_q")
+            if self.record_priors:
+                self.priors[msg["name"]] = msg["fn"] if prior is None else prior
             if not self.weigh:
                 return
-            prior, log_q = msg["infer"].get("prior"), msg["infer"].get("log_q")
             if log_q is not None:  # drawn from a batched proposal, fn the prior: w *= p(x) / q(x)
                 log_p = msg["infer"].get("log_p")  # the stacked priors' density, or None: weigh the prior here
                 if log_p is None:
@@ -117,6 +127,8 @@ def infer(
     progress=False,
     batch=True,
     chunk_size=1024,
+    refine=False,
+    warn=True,
 ) -> Posterior:
     """Weighted posterior of ``model`` given ``observation``.
 
@@ -131,6 +143,14 @@ def infer(
         chunk, not with ``num_samples``); ``False`` runs them one by one (the reference path,
         whose draws match ``pyro.infer.Importance`` with the guide).  Prior importance sampling
         (``guide=None``) has no network to batch and always runs one by one.
+
+    :param refine: ``True`` or an :class:`~infcomp.Refine` (its budget: updates, seconds,
+        particles): before the run, adapt a copy of the guide to this observation
+        (:mod:`~infcomp.refine`); the weights stay exact under the model, and
+        ``posterior.refinement`` reports the weights' diagnostics before and after.
+    :param warn: warn (:class:`~infcomp.weights.UnreliableWeightsWarning`, naming the figures and
+        what to do next) where the weights are unreliable by :attr:`~infcomp.Posterior.diagnostics`:
+        Pareto k-hat over ``min(1 - 1/log10(S), 0.7)``, or an ESS under ``min(20, S/10)``.
 
     Every path checks the observation the same way: finite (before any particle runs), of a
     shape its site draws, inside that site's support.  A particle whose observation falls
@@ -155,14 +175,42 @@ def infer(
             raise ValueError(f"observe names {list(names)}: pass the observation as a dict site -> tensor")
         obs = observation if isinstance(observation, dict) else {names[0]: observation}
         obs = {n: observed_tensor(n, v) for n, v in obs.items()}  # the guide's own check, as in Guide.check_observation
+    settings = Refine.of(refine)
+    if settings is not None and guide is None:
+        raise ValueError("refine= adapts a compiled guide to the observation: with guide=None (the prior) there is "
+                         "nothing to refine")
     conditioned = functools.partial(poutine.condition(model, data=obs), *model_args, **model_kwargs)
     run = _batched if batch and guide is not None else _sequential
+    report = None
     # each particle's model code runs on small tensors: extra threads only contend
-    with fork_rng(seed), limited_threads(), torch.no_grad(), \
-            tqdm(total=num_samples, disable=not progress, desc="importance sampling", unit="sample") as bar:
-        draws = _Draws(num_samples, names)
-        run(conditioned, guide, obs, draws, chunk_size, bar)
-        return draws.posterior()
+    with fork_rng(seed), limited_threads(), torch.no_grad():
+        if settings is not None:
+            draw = functools.partial(_particles, run, conditioned, obs, names, chunk_size)
+            with tqdm(total=settings.steps, disable=not progress, desc="refining", unit="update") as bar:
+                guide, report = refined_copy(guide, draw, obs, settings, bar)
+        with tqdm(total=num_samples, disable=not progress, desc="importance sampling", unit="sample") as bar:
+            draws = _Draws(num_samples, names)
+            run(conditioned, guide, obs, draws, chunk_size, bar)
+            post = draws.posterior()
+    if report is not None:
+        post.refinement = dataclasses.replace(report, after=post.diagnostics)
+    if warn:
+        warn_unreliable(post, stacklevel=2)
+    return post
+
+
+def _particles(run, conditioned, obs, names, chunk_size, guide, n):
+    """``n`` particles drawn with ``guide`` by ``run``: ``(log weights [n], [(latent values, their
+    priors)] per particle)``, what :func:`~infcomp.refine.refined_copy` updates on."""
+    draws = _Draws(n, names, record_priors=True)
+    run(conditioned, guide, obs, draws, chunk_size, _NoBar())
+    draws.check()
+    return draws.log_weights, draws.particles
+
+
+class _NoBar:
+    def update(self, n):
+        pass
 
 
 def _positive_int(arg, value):
@@ -176,11 +224,13 @@ class _Draws:
     """The particles' log weights and latent values as they are drawn, packed per chunk (so
     millions of particles keep no Python object each), and the checks on them."""
 
-    def __init__(self, num_samples, names):
+    def __init__(self, num_samples, names, record_priors=False):
         self.names = names
         self.log_weights = torch.empty(num_samples, dtype=torch.float64)
         self.chunks = {}  # site -> [(particle indices, values)]
         self.faults = {}
+        self.record_priors = record_priors
+        self.particles = []  # with record_priors: (latent values, their priors) per particle
 
     def add(self, start, weights):
         """The runs of particles ``start, start + 1, ...``: each's :class:`LogWeight`."""
@@ -198,18 +248,24 @@ class _Draws:
             if weight.fault:
                 self.faults.setdefault(weight.fault, i)
             self.log_weights[i] = float(weight.log_weight)
-            for name, value in weight.values.items():
+            if self.record_priors:
+                self.particles.append((weight.values, weight.priors))
+            for name, value in {**weight.values, **weight.deterministic}.items():
                 values.setdefault(name, ([], []))
                 values[name][0].append(i)
                 values[name][1].append(value)
         for name, (idx, vals) in values.items():
             self.chunks.setdefault(name, []).append((torch.tensor(idx), torch.stack(vals)))
 
-    def posterior(self) -> Posterior:
+    def check(self):
+        """ValueError naming the observed sites unless some particle weighs the observation."""
         if not bool(torch.isfinite(self.log_weights).any()):
             why = next(iter(self.faults), "the observation has zero density (log weight -inf) under every particle")
             raise ValueError(f"no particle of {len(self.log_weights)} can weigh the observation of {list(self.names)}: "
                              f"{why}" + (" under every particle" if self.faults else ""))
+
+    def posterior(self) -> Posterior:
+        self.check()
         packed = {n: (torch.cat([i for i, _ in c]), torch.cat([v for _, v in c])) for n, c in self.chunks.items()}
         return Posterior(self.log_weights, packed)
 
@@ -229,7 +285,7 @@ def _validating(first):
 
 def _sequential(conditioned, guide, obs, draws, chunk_size, bar):
     for start, size in _chunks(len(draws.log_weights), chunk_size):
-        weights = [LogWeight(observe=draws.names) for _ in range(size)]
+        weights = [LogWeight(observe=draws.names, record_priors=draws.record_priors) for _ in range(size)]
         for weight in weights:
             proposer = guide.messenger(obs) if guide is not None else contextlib.nullcontext()
             with _validating(start == 0), proposer, weight:
@@ -246,7 +302,7 @@ def _batched(conditioned, guide, obs, draws, chunk_size, bar):
             conditioned()
 
     for start, size in _chunks(len(draws.log_weights), chunk_size):
-        weights = [LogWeight(observe=draws.names) for _ in range(size)]
+        weights = [LogWeight(observe=draws.names, record_priors=draws.record_priors) for _ in range(size)]
         with _validating(start == 0):
             lockstep([functools.partial(particle, w) for w in weights], Proposer(state, size).answer)
         draws.add(start, weights)

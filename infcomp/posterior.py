@@ -2,7 +2,8 @@
 
 Keeps each sample's latent values and log weight, nothing else: no traces, no
 copies of the observation.  Sites that appear in only some samples (variable
-structure) keep the indices of the samples they appear in.
+structure) keep the indices of the samples they appear in.  Every posterior says how far its
+weights can be trusted (:attr:`Posterior.diagnostics`: ESS and Pareto k-hat, :mod:`~infcomp.weights`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 import numbers
 
 import torch
+
+from .weights import WeightDiagnostics, diagnose
 
 __all__ = ["Posterior", "Marginal"]
 
@@ -125,10 +128,16 @@ class Marginal:
 
 
 class Posterior:
-    def __init__(self, log_weights: torch.Tensor, samples: dict):
+    """A weighted sample of the latent sites (and of ``pyro.deterministic`` sites, as Pyro's
+    ``Predictive`` reports them).  ``refinement``: where :func:`~infcomp.infer` refined the proposal
+    for this observation first, its :class:`~infcomp.refine.RefinementReport` (None otherwise)."""
+
+    def __init__(self, log_weights: torch.Tensor, samples: dict, refinement=None):
         """``samples``: site -> ``(indices, values)``, ``values[j]`` from sample ``indices[j]``."""
         self.log_weights = log_weights
         self._samples = samples
+        self.refinement = refinement
+        self._diagnostics = None
 
     @property
     def num_samples(self):
@@ -144,10 +153,22 @@ class Posterior:
         return torch.softmax(self.log_weights.to(torch.float64), 0)
 
     @property
+    def diagnostics(self) -> WeightDiagnostics:
+        """How far the weights can be trusted: ESS, Pareto k-hat and the verdict ``.reliable``
+        (:func:`~infcomp.weights.diagnose`)."""
+        if self._diagnostics is None:
+            self._diagnostics = diagnose(self.log_weights)
+        return self._diagnostics
+
+    @property
     def ess(self) -> float:
         """Effective sample size ``(sum w)^2 / sum w^2``."""
-        lw = self.log_weights.to(torch.float64)
-        return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
+        return self.diagnostics.ess
+
+    @property
+    def khat(self) -> float:
+        """The Pareto k-hat of the weights (:func:`~infcomp.weights.pareto_khat`)."""
+        return self.diagnostics.khat
 
     @property
     def log_evidence(self) -> float:
@@ -198,5 +219,30 @@ class Posterior:
     def std(self, name):
         return self.marginal(name).std
 
+    def summary(self, prob: float = 0.9) -> str:
+        """A table of each site's weighted mean, standard deviation and central ``prob`` interval
+        (vector sites element by element, at most 8 shown), under a line on the weights'
+        reliability; a string to print."""
+        lo, hi = (1 - prob) / 2, (1 + prob) / 2
+        head = f"{'site':<16}{'mean':>11}{'std':>11}{f'{100 * lo:.3g}%':>11}{f'{100 * hi:.3g}%':>11}{'presence':>10}"
+        rows = [f"weights: {self.diagnostics.describe()}", head]
+        for name in self.sites:
+            m = self.marginal(name)
+            if not len(m.weights):
+                rows.append(f"{name:<16}{'(never drawn)':>44}")
+                continue
+            flat = m.values.reshape(len(m.values), -1).to(torch.float64)
+            for j in range(min(flat.shape[1], 8)):
+                e = Marginal(name, flat[:, j], m.weights)
+                label = name if flat.shape[1] == 1 and m.values.dim() == 1 else f"{name}[{j}]"
+                q = e.quantile([lo, hi])
+                rows.append(f"{label:<16}{float(e.mean):>11.4g}{float(e.std):>11.4g}{float(q[0]):>11.4g}"
+                            f"{float(q[1]):>11.4g}{m.presence:>10.3g}")
+            if flat.shape[1] > 8:
+                rows.append(f"{'':<16}... {flat.shape[1] - 8} more elements")
+        return "\n".join(rows)
+
     def __repr__(self):
-        return f"Posterior(num_samples={self.num_samples}, ess={self.ess:.1f}, log_evidence={self.log_evidence:.4g}, sites={self.sites})"
+        d = self.diagnostics
+        return (f"Posterior(num_samples={self.num_samples}, ess={d.ess:.1f}, khat={d.khat:.2f}, "
+                f"reliable={d.reliable}, log_evidence={self.log_evidence:.4g}, sites={self.sites})")
