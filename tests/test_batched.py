@@ -34,7 +34,7 @@ def masked_plate(y=None):
 
 
 def simplex_then_count(y=None):
-    p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))  # the prior family: no head, its value is fed back
+    p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))  # the dirichlet family: a simplex site
     k = pyro.sample("k", dist.Poisson(2.0))
     pyro.sample("y", dist.Normal(p[0] * 3 + k, 1.0), obs=y)
 

@@ -374,10 +374,10 @@ def test_site_changing_family_between_runs():
 
 def test_unsupported_family_warns_once_and_proposes_from_prior():
     def model(y=None):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))
+        w = pyro.sample("w", dist.OneHotCategorical(torch.ones(3) / 3))
         pyro.sample("y", dist.Normal(w.sum(), 1.0), obs=y)
 
-    with pytest.warns(UserWarning, match="site 'w': no proposal family fits Dirichlet"):
+    with pytest.warns(UserWarning, match="site 'w': no proposal family fits OneHotCategorical"):
         g = infcomp.compile(model, observe="y", num_traces=128, workers=0, progress=False)
     post = infcomp.infer(model, g, torch.tensor(1.0), num_samples=50)
     assert post.ess == pytest.approx(50, rel=1e-6)  # the prior is the proposal: equal weights

@@ -37,7 +37,7 @@ CASES = [
     ("Beta", dist.Beta(2.0, 2.0), lambda z: dist.Normal(z, 0.1), 0.7, "beta_interval"),
     ("Uniform", dist.Uniform(-1.0, 3.0), lambda z: dist.Normal(z, 0.5), 2.0, "beta_interval"),
     ("VonMises", dist.VonMises(0.5, 2.0), lambda z: dist.VonMises(z, 4.0), 2.0, "vonmises_mixture"),
-    ("Dirichlet", dist.Dirichlet(torch.ones(3)), lambda z: dist.Normal(z[..., 0], 0.1), 0.6, "prior"),
+    ("Dirichlet", dist.Dirichlet(torch.ones(3)), lambda z: dist.Normal(z[..., 0], 0.1), 0.6, "dirichlet"),
     ("MultivariateNormal", dist.MultivariateNormal(torch.zeros(2), T([[1.0, 0.5], [0.5, 1.0]])),
      lambda z: dist.Normal(z.sum(-1), 0.5), 1.5, "prior"),
     ("Categorical", dist.Categorical(T([0.2, 0.3, 0.5])), lambda z: dist.Normal(z.float(), 0.7), 0.3, "categorical"),
@@ -106,7 +106,7 @@ def test_no_proposal_puts_mass_outside_its_priors_support(name, prior, family):
     wide = prior.expand([n])
     spec = site_spec("z", wide, make_families())
     torch.manual_seed(0)
-    params = 4 * torch.randn(n, fam.num_params(spec))
+    params = 4 * torch.randn(spec.value_shape + (fam.num_params(spec),))
     context = fam.context(wide)
     q = fam.proposal(params, context)
     x = q.sample()

@@ -18,6 +18,7 @@ from .bernoulli import BernoulliProposal
 from .beta_interval import BetaIntervalProposal
 from .binomial import BinomialProposal
 from .categorical import CategoricalProposal
+from .dirichlet import DirichletProposal
 from .lognormal_mixture import LogNormalMixtureProposal
 from .normal_mixture import NormalMixtureProposal
 from .poisson_mixture import PoissonMixtureProposal
@@ -36,6 +37,7 @@ BUILTIN = (
     LogNormalMixtureProposal,
     BetaIntervalProposal,
     VonMisesMixtureProposal,
+    DirichletProposal,
 )
 _REGISTERED: dict[str, type] = {}  # families added with register_family, in the order added
 
