@@ -20,10 +20,16 @@ Every figure is given for two reads of the same particles: ``"q"``, the guide's 
 importance-weighted posterior.  A site that exists in only some traces is checked on the draws
 whose true trace has it, against its posterior given that it exists.  Vector sites are checked
 element by element (``"z[0]"``, ``"z[1]"``, ...).
+
+Each draw's posterior is inferred without :func:`~infcomp.infer`'s warning (one per draw would
+bury the figures); instead :attr:`Calibration.weights`, a :class:`WeightTally`, keeps every
+draw's :class:`~infcomp.weights.WeightDiagnostics` and counts the draws whose weights are
+unreliable: there the ``"posterior"`` read rests on a few particles.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -32,10 +38,50 @@ from .infer import infer
 from .posterior import Marginal, Posterior
 from .rng import fork_rng
 from .traces import PriorSampler
+from .weights import WeightDiagnostics
 
-__all__ = ["Check", "Calibration", "calibration"]
+__all__ = ["Check", "Calibration", "calibration", "WeightTally", "figures"]
 
 READS = ("q", "posterior")
+
+
+@dataclass(frozen=True)
+class WeightTally:
+    """The importance weights of many posteriors, one per observation: ``diagnostics``, each
+    one's :class:`~infcomp.weights.WeightDiagnostics` in order, and how many are unreliable."""
+
+    diagnostics: tuple = ()
+
+    @property
+    def unreliable(self) -> int:
+        return sum(not d.reliable for d in self.diagnostics)
+
+    def limits(self) -> tuple:
+        """``(k-hat threshold, ESS floor)`` shared by every posterior (they share a particle count),
+        else ``(None, None)``."""
+        limits = {(d.khat_threshold, d.ess_floor) for d in self.diagnostics}
+        return limits.pop() if len(limits) == 1 else (None, None)
+
+    def describe(self, unit="observations") -> str:
+        """One line: ``weights unreliable on 3 of 500 images (k-hat > 0.70 or ESS < 20)``."""
+        khat, ess = self.limits()
+        why = "k-hat or ESS past its limit" if khat is None else f"k-hat > {khat:.2f} or ESS < {ess:.3g}"
+        return f"weights unreliable on {self.unreliable} of {len(self.diagnostics)} {unit} ({why})"
+
+    def to_dict(self) -> dict:
+        """``{"weighted", "unreliable", "khat_threshold", "ess_floor"}`` (the limits as :meth:`limits`)."""
+        khat, ess = self.limits()
+        return {"weighted": len(self.diagnostics), "unreliable": self.unreliable, "khat_threshold": khat,
+                "ess_floor": ess}
+
+
+def figures(obj) -> dict:
+    """A :class:`~infcomp.weights.WeightDiagnostics` or :class:`WeightTally` as its ``to_dict()``
+    ready for JSON, a k-hat that could not be fitted (NaN) as None: ``json.dumps``' ``default``.
+    TypeError for anything else."""
+    if not isinstance(obj, (WeightDiagnostics, WeightTally)):
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in obj.to_dict().items()}
 
 
 @dataclass
@@ -83,6 +129,7 @@ class Calibration:
     num_draws: int
     num_ranks: int  # L + 1: the ranks lie in 0 .. L
     bins: int
+    weights: WeightTally = field(default_factory=WeightTally)  # each draw's posterior weights, in draw order
 
     def failures(self, read="posterior", alpha=0.01, sds=3.0) -> list:
         """What fails under ``read``, one line each (empty: the check passes): a rank test with
@@ -167,7 +214,8 @@ class Calibration:
 def calibration(model, guide, num_draws=200, num_samples=100, *, functions=None, levels=(0.5, 0.8, 0.95),
                 rank_draws=49, bins=10, model_args=(), model_kwargs=None, seed=0) -> Calibration:
     """Simulation-based calibration of ``guide`` on ``num_draws`` prior draws of ``model``, each
-    inferred with ``num_samples`` particles (see the module's doc for what is checked).
+    inferred with ``num_samples`` particles (see the module's doc for what is checked), without a
+    warning per draw: the result's ``weights`` keeps each draw's weight diagnostics instead.
 
     :param functions: ``{name: fn}``, each ``fn(values) -> hashable`` a discrete summary of a
         particle's ``{site: value}`` (checked for reliability and ranks by its value's order).
@@ -176,7 +224,7 @@ def calibration(model, guide, num_draws=200, num_samples=100, *, functions=None,
     """
     model_kwargs = dict(model_kwargs or {})
     functions = dict(functions or {})
-    checks, kinds = {}, {}
+    checks, kinds, weights = {}, {}, []
     with fork_rng(seed):
         sampler = PriorSampler(model, guide.observe, model_args, model_kwargs, guide.network.families,
                                specs=guide.network.specs)
@@ -184,7 +232,8 @@ def calibration(model, guide, num_draws=200, num_samples=100, *, functions=None,
         for i in range(num_draws):
             record = sampler.sample()
             post = infer(model, guide, record.observation, num_samples, model_args=model_args,
-                         model_kwargs=model_kwargs, seed=seed * 1_000_003 + i)
+                         model_kwargs=model_kwargs, seed=seed * 1_000_003 + i, warn=False)
+            weights.append(post.diagnostics)
             reads = {"q": Posterior(torch.zeros_like(post.log_weights), post._samples), "posterior": post}
             truth = dict(zip(record.structure, record.values))
             for name, value in truth.items():
@@ -198,7 +247,7 @@ def calibration(model, guide, num_draws=200, num_samples=100, *, functions=None,
                 kinds[label] = "discrete"
                 for read, p in reads.items():
                     _check_function(checks, label, read, p.probabilities(fn), fn(truth), rank_draws, gen)
-    return Calibration(checks, kinds, num_draws, rank_draws + 1, bins)
+    return Calibration(checks, kinds, num_draws, rank_draws + 1, bins, WeightTally(tuple(weights)))
 
 
 def _integral(guide, name) -> bool:

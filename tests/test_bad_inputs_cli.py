@@ -263,5 +263,11 @@ def test_calibrate_checks_a_breaker_on_its_styles_draws(tiny, tmp_path, capsys):
     text = summary["checks"]["text"]
     assert text["kind"] == "discrete" and 0 <= text["posterior"]["ece"] <= 1 and 0 <= text["q"]["brier"] <= 1
     assert set(summary["failures"]) == {"q", "posterior"}
+    weights = summary["weights"]  # each draw's importance weights, and how many were unreliable
+    assert len(weights["per_draw"]) == weights["weighted"] == 4 and weights["ess_floor"] == 0.5
+    assert weights["unreliable"] == sum(not d["reliable"] for d in weights["per_draw"])
+    assert all(d["num_samples"] == 5 and d["ess"] >= 1 for d in weights["per_draw"])
+    rc, out, _ = _run(["calibrate", str(tiny), "-n", "2", "--particles", "5"], capsys)
+    assert rc == 0 and out.splitlines()[-1] == "weights unreliable on 0 of 2 draws (k-hat > 0.00 or ESS < 0.5)"
     rc, _, err = _run(["calibrate", str(tiny), "-n", "0"], capsys)
     assert rc == 2 and "-n" in " ".join(err)

@@ -143,6 +143,38 @@ def test_evaluate_json(breaker, tmp_path, capsys):
     assert gallery.exists()
 
 
+def test_weighted_reads_say_how_far_their_weights_can_be_trusted(breaker, tmp_path, capsys):
+    """Per image the weights' figures, in the summary how many were unreliable, and no warning per image; the
+    guide's own posterior has no importance weights, and says nothing of them."""
+    import warnings
+
+    from infcomp.weights import UnreliableWeightsWarning, diagnose
+
+    files = []
+    for i in range(2):
+        image, text = get_style("baidu2011").sample(110 + i)
+        files.append(str(tmp_path / f"{text}.png"))
+        Image.fromarray((image.clamp(0, 1).numpy() * 255).astype(np.uint8)).save(files[-1])
+    limits = diagnose(torch.zeros(16))  # the limits for 16 particles
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableWeightsWarning)
+        assert main(["break", str(breaker), *files, "--weighted", "--particles", "16", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        weights = [r["weights"] for r in result["readings"]]
+        assert set(weights[0]) == set(limits.to_dict()) and [w["num_samples"] for w in weights] == [16, 16]
+        # the compiled kernel's weights go to one particle: an ESS near 1, under the floor of 1.6
+        assert not any(w["reliable"] for w in weights) and all(w["ess"] < limits.ess_floor for w in weights)
+        assert result["weights"] == {"weighted": 2, "unreliable": 2, "khat_threshold": limits.khat_threshold,
+                                     "ess_floor": 1.6}
+        assert main(["break", str(breaker), *files, "--weighted", "--particles", "16"]) == 0
+    out = capsys.readouterr().out
+    assert sum("[weights: ESS " in line and ": UNRELIABLE]" in line for line in out.splitlines()) == 2
+    assert f"weights unreliable on 2 of 2 images (k-hat > {limits.khat_threshold:.2f} or ESS < 1.6)" in out
+    assert main(["break", str(breaker), *files, "--particles", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "weights" not in result and not any("weights" in r for r in result["readings"])
+
+
 def test_a_posterior_read_is_the_guides_text_marginal_recalibrated(breaker, monkeypatch):
     from infcomp_models.captcha import breaker as app
 
@@ -242,6 +274,10 @@ def test_read_time_bandwidth_spreads_the_weights(breaker, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["bandwidth"] == 0.4 and result["temperature"] == 2.0 and rel.exists()
     assert 0.0 <= result["brier"] <= 1.0 and 0.0 <= result["calibration_error"] <= 1.0
+    weights = [r["weights"] for r in result["readings"]]  # every posterior read is weighted: each says how far
+    assert [w["num_samples"] for w in weights] == [4, 4, 4] and [w["ess"] for w in weights] == [r["ess"] for r in result["readings"]]
+    assert result["weights"] == {"weighted": 3, "unreliable": sum(not w["reliable"] for w in weights),
+                                 "khat_threshold": 0.0, "ess_floor": 0.4}
     assert main(["evaluate", str(breaker), "-n", "1", "--weighted", "--bandwidth", "0"]) == 2
     assert "bandwidth must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit) as bad:

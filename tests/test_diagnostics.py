@@ -66,3 +66,37 @@ def test_the_callers_random_state_is_left_alone(gauss_guide):
     before = torch.random.get_rng_state()
     calibration(ex.gaussian, gauss_guide, num_draws=3, num_samples=10, seed=4)
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_calibration_keeps_each_draws_weight_diagnostics_and_warns_for_none(gauss_guide):
+    import warnings
+
+    from infcomp.weights import UnreliableWeightsWarning, WeightDiagnostics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableWeightsWarning)
+        with Sharpen(0.1):  # over-confident proposals: weights that rest on a few particles
+            cal = calibration(ex.gaussian, gauss_guide, num_draws=4, num_samples=100, seed=4)
+    diags = cal.weights.diagnostics
+    assert len(diags) == 4 and all(isinstance(d, WeightDiagnostics) and d.num_samples == 100 for d in diags)
+    assert cal.weights.unreliable == sum(not d.reliable for d in diags) >= 1
+    assert cal.weights.to_dict() == {"weighted": 4, "unreliable": cal.weights.unreliable,
+                                     "khat_threshold": diags[0].khat_threshold, "ess_floor": 10.0}
+    assert cal.weights.describe("draws") == f"weights unreliable on {cal.weights.unreliable} of 4 draws (k-hat > 0.50 or ESS < 10)"
+
+
+def test_a_weight_tally_in_json():
+    import json
+    import math
+
+    from infcomp.diagnostics import WeightTally, figures
+    from infcomp.weights import diagnose
+
+    flat, mixed = diagnose(torch.zeros(8)), diagnose(torch.zeros(200))  # equal weights: no k-hat to fit
+    assert math.isnan(flat.khat)
+    assert json.loads(json.dumps({"d": flat}, default=figures))["d"] == {**flat.to_dict(), "khat": None}
+    tally = WeightTally((flat, mixed))
+    assert figures(tally) == {"weighted": 2, "unreliable": 0, "khat_threshold": None, "ess_floor": None}
+    assert tally.describe("images") == "weights unreliable on 0 of 2 images (k-hat or ESS past its limit)"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        json.dumps({"x": object()}, default=figures)

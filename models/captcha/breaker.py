@@ -13,7 +13,8 @@ Three reads:
 * :func:`read_weighted`: importance sampling with the guide under the style's ABC kernel, for
   reads that need the nuisance latents too, or a check of the guide against the model's own
   weights.  The weights rest on clutter no guide can infer (``noise_seed``), so the probabilities
-  it states are over-confident.
+  it states are over-confident.  Its reading carries the weights' diagnostics (ESS, Pareto k-hat:
+  :class:`infcomp.WeightDiagnostics`); the other two reads have no importance weights.
 
 All read any image; :func:`unlike_style` says when an image is unlike everything the style draws (blank,
 black, noise), so that its reading means nothing whatever probability it gets.
@@ -223,13 +224,15 @@ class Reading:
     """A reading and its probability of being right; ``alternatives``: ``[(text, probability)]``, best first,
     under the read's own posterior (the guide's ``q(text | image)`` for :func:`read_posterior`, so not
     recalibrated); ``found``: the guide's mass on the texts found (:func:`read_posterior`); ``ess``: the
-    effective sample size (:func:`read_weighted`)."""
+    effective sample size, and ``weights``: how far the importance weights can be trusted (:func:`read_weighted`;
+    None for the guide's own posterior, which has no importance weights)."""
 
     text: str
     probability: float
     alternatives: list = field(default_factory=list)
     ess: float = 0.0
     found: float = 0.0
+    weights: infcomp.WeightDiagnostics | None = None
 
 
 #: Posterior reads: the guide's draws per image (the first is its greedy pass).
@@ -281,14 +284,15 @@ def read_posterior(style, guide, image, samples=READ_SAMPLES, seed=None):
     return readings if many else readings[0]
 
 
-def read_weighted(style, guide, image, particles=100, seed=None, temperature=1.0, batch=True) -> Reading:
+def read_weighted(style, guide, image, particles=100, seed=None, temperature=1.0, batch=True, warn=True) -> Reading:
     """Importance sampling with the guide; readings ranked by their share of the normalised weights;
     ``temperature > 1`` flattens its discrete proposals (letters, font) first (see :mod:`infcomp.temper`).
-    ``batch``: as :func:`infcomp.infer`'s."""
+    ``batch`` and ``warn`` (about unreliable weights): as :func:`infcomp.infer`'s; the reading's ``weights``
+    says how far they can be trusted either way."""
     with infcomp.temper(temperature):
-        post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed, batch=batch)
+        post = infcomp.infer(style.model, guide, image, num_samples=particles, seed=seed, batch=batch, warn=warn)
     ranked = list(post.probabilities(style.reading).items())
-    return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess)
+    return Reading(ranked[0][0], ranked[0][1], ranked[:5], post.ess, weights=post.diagnostics)
 
 
 def char_accuracy(reading: str, label: str) -> float:

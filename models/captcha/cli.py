@@ -385,6 +385,9 @@ def _abstain(rows, p_min) -> dict:
 def _summary(rows, greedy_ms, posterior_ms):
     labelled = [r for r in rows if r.get("label") is not None]
     out = {"n": len(rows), "ms_per_captcha": {"greedy": greedy_ms, "posterior": posterior_ms}}
+    weighed = tuple(r["weights"] for r in rows if "weights" in r)  # the importance-weighted reads
+    if weighed:
+        out["weights"] = infcomp.diagnostics.WeightTally(weighed)
     if labelled:
         post = [r for r in labelled if "posterior" in r]
         out["recognition_rate"] = sum(r["reading"] == r["label"] for r in labelled) / len(labelled)
@@ -437,7 +440,8 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
               unlike=None, weighted=False):
     """Read each image; ``seeds[i]`` seeds image i's posterior read; ``unlike[i]``, where given and not None,
     says why image i is unlike the style: its reading is then given probability 0.  The posterior read is
-    :func:`breaker.read_posterior` with ``particles`` draws, or with ``weighted`` :func:`breaker.read_weighted`."""
+    :func:`breaker.read_posterior` with ``particles`` draws, or with ``weighted`` :func:`breaker.read_weighted`,
+    whose row keeps its ``weights`` (a WeightDiagnostics: ``json.dumps`` it with :func:`infcomp.diagnostics.figures`)."""
     from tqdm.auto import tqdm
 
     rows, t_post, n_post = [], 0.0, 0
@@ -466,7 +470,8 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
                 row.update(posterior=text, probability=0.0, alternatives=[])
         elif particles > 0 and i < posterior_n:
             if weighted:
-                reading, dt = breaker.timed(breaker.read_weighted, style, guide, image, particles, seeds[i], temperature)
+                reading, dt = breaker.timed(breaker.read_weighted, style, guide, image, particles, seeds[i], temperature,
+                                            warn=False)  # the summary counts the unreliable ones
             else:
                 reading, dt = breaker.timed(breaker.read_posterior, style, guide, image, particles, seeds[i])
             t_post += dt
@@ -474,7 +479,7 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
             shown.update(1)
             row.update(posterior=reading.text, reading=reading.text, probability=reading.probability,
                        alternatives=reading.alternatives)
-            row.update({"ess": reading.ess} if weighted else {"found": reading.found})
+            row.update({"ess": reading.ess, "weights": reading.weights} if weighted else {"found": reading.found})
         if label is not None:
             row["char_accuracy"] = breaker.char_accuracy(row["reading"], label)
         rows.append(row)
@@ -490,12 +495,15 @@ def _print_rows(rows):
         p = f"  p={r['probability']:.3f}" if "probability" in r else ""
         unlike = "  (unlike the style's images)" if r.get("unlike_style") else ""
         unanswered = "  (no answer: below --min-probability)" if r.get("answered") is False else ""
-        print(f"{r['file']}: {r['reading']}{p}{unlike}{unanswered}{mark}")
+        weights = f"  [weights: {r['weights'].describe()}]" if "weights" in r else ""
+        print(f"{r['file']}: {r['reading']}{p}{weights}{unlike}{unanswered}{mark}")
 
 
 def _print_summary(s):
     print(f"n = {s['n']}; time per CAPTCHA: greedy {s['ms_per_captcha']['greedy']:.1f} ms"
           + (f", posterior {s['ms_per_captcha']['posterior']:.0f} ms" if s["ms_per_captcha"]["posterior"] else ""))
+    if "weights" in s:
+        print(s["weights"].describe("images"))
     if "recognition_rate" in s:
         print(f"recognition rate (whole string): {100 * s['recognition_rate']:.1f}%"
               f"  [greedy {100 * s['recognition_rate_greedy']:.1f}%"
@@ -595,7 +603,7 @@ def cmd_break(args):
     if args.gallery and rows:
         _gallery(rows, images, args.gallery)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, default=infcomp.diagnostics.figures))
     else:
         print(f"breaker for style {style.name!r}: {_letters(style)} letters from {style.alphabet!r}, "
               f"{style.width}x{style.height} images")
@@ -616,12 +624,13 @@ def cmd_calibrate(args):
     cal = diagnostics.calibration(style.model, guide, args.n, args.particles, functions={"text": style.reading},
                                   seed=args.seed)
     summary = {"style": style.name, "draws": args.n, "particles": args.particles, "checks": cal.summary(),
-               "failures": {read: cal.failures(read) for read in diagnostics.READS}}
+               "failures": {read: cal.failures(read) for read in diagnostics.READS},
+               "weights": {**diagnostics.figures(cal.weights), "per_draw": cal.weights.diagnostics}}
     if args.plot:
         first = ["text"] + [n for n in cal.checks if n != "text"]
         cal.plot(args.plot, names=first[:8])
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, default=diagnostics.figures))
         return 0
     print(f"breaker for style {style.name!r}: {args.n} draws of its prior, {args.particles} particles each")
     for name, figures in summary["checks"].items():
@@ -635,6 +644,8 @@ def cmd_calibrate(args):
         print("  ".join(line))
     for read, fails in summary["failures"].items():
         print(f"{read}: {'passes' if not fails else str(len(fails)) + ' failed: ' + '; '.join(fails[:5])}")
+    print(cal.weights.describe("draws") + (": the posterior read rests on a few particles there"
+                                           if cal.weights.unreliable else ""))
     return 0
 
 
@@ -668,7 +679,7 @@ def cmd_evaluate(args):
         summary["gallery"] = args.gallery
     if args.json:
         summary["readings"] = rows[: args.show]
-        print(json.dumps(summary))
+        print(json.dumps(summary, default=infcomp.diagnostics.figures))
     else:
         _print_rows(rows[: args.show])
         _print_summary(summary)
@@ -764,7 +775,9 @@ def build_parser():
     s = sub.add_parser("calibrate", help="simulation-based calibration of a breaker on fresh draws of its style")
     s.add_argument("model", help="a breaker file from 'infcomp compile'")
     s.add_argument("-n", type=_at_least_one, default=1000, help="how many fresh draws to infer (at least 1)")
-    s.add_argument("--particles", type=_at_least_one, default=100, help="importance samples per draw (at least 1)")
+    s.add_argument("--particles", type=_at_least_one, default=100,
+                   help="importance samples per draw (at least 1); each draw's weights are diagnosed (ESS, Pareto "
+                        "k-hat) and the draws whose weights are unreliable counted")
     s.add_argument("--plot", help="write rank histograms and coverage or reliability plots (PNG)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object with the figures")
@@ -798,7 +811,9 @@ def build_parser():
                             + ("" if name == "break" else " (default: beside the gallery, -coverage.png)"))
         s.add_argument("--weighted", action="store_true",
                        help="read by importance sampling under the style's ABC kernel instead of the guide's "
-                            "own posterior (over-confident: its weights rest on clutter no guide can infer)")
+                            "own posterior (over-confident: its weights rest on clutter no guide can infer); each "
+                            "read reports its weights' ESS and Pareto k-hat, and the summary how many were "
+                            "unreliable (the guide's own posterior has no importance weights: nothing to report)")
         s.add_argument("--bandwidth", type=float, default=None,
                        help="with --weighted: read with this ABC kernel bandwidth instead of the style's own")
         s.add_argument("--text-only", action="store_true",
