@@ -193,11 +193,16 @@ class FailureWindow:
             f"its last failure: {self.last}", self.last)
 
 
-def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow, what: str = "the validation set") -> list:
+def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow, what: str = "the validation set",
+                 until=None, bar=None) -> list:
     """``n`` traces drawn in this process, failed ones skipped and counted in ``failures``
-    (:class:`ModelFailureError` naming ``what`` was being drawn, once its rate is exceeded)."""
+    (:class:`ModelFailureError` naming ``what`` was being drawn, once its rate is exceeded).
+
+    With ``until`` (a ``time.monotonic()`` value) the draws stop there with fewer, though never
+    before one trace is drawn; a trace under way is not interrupted.  ``bar``: a tqdm bar moved
+    on by each trace drawn."""
     records = []
-    while len(records) < n:
+    while len(records) < n and not (records and until is not None and time.monotonic() >= until):
         r = _sample(sampler, None)
         if isinstance(r, str):
             failures.record(0, 1, r)
@@ -206,6 +211,8 @@ def draw_records(sampler: PriorSampler, n: int, failures: FailureWindow, what: s
         else:
             records.append(r)
             failures.record(1, 0)
+            if bar is not None:
+                bar.update()
     return records
 
 

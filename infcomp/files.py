@@ -60,6 +60,7 @@ def save(guide: Guide, path) -> None:
         "history": [list(h) for h in guide.history],
         "metadata": dict(guide.metadata),
         "last_run": _plain(guide.last_run),
+        "argument_digests": dict(guide.argument_digests),
     }
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".saving", dir=_parent(path))
     try:
@@ -272,6 +273,7 @@ def load(path, model=None, model_args=(), model_kwargs=None, embedding=None, dev
     guide.history = [tuple(h) for h in data.get("history", [])]
     guide.metadata = dict(data.get("metadata", {}))
     guide.last_run = _run_stats(data.get("last_run"))
+    guide.argument_digests = dict(data.get("argument_digests", {}))
     if model is not None:
         guide.bind_model(model, model_args, model_kwargs)
     return guide

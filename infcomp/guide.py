@@ -15,6 +15,7 @@ import torch
 import pyro.poutine as poutine
 
 from .handler import ObservationState, ProposalMessenger
+from .inputs import argument_digests, bind_arguments, warn_changed
 from .nn.encoders import CNNConfig
 from .nn.network import InferenceNetwork, NetworkConfig, split_config
 from .traces import PriorSampler, observation_specs, observed_tensor
@@ -38,10 +39,16 @@ class Guide:
         self._address_terms = {}  # address -> network.address_terms(address)
         self._warned = set()
         self._checked_model = (model, self.model_args, self.model_kwargs) if model is not None else None
+        self.argument_digests = {}  # the model's arguments compiled for, not seen by the guide (infcomp.inputs)
 
     @property
     def obs_specs(self) -> dict:
         return self.network.obs_specs
+
+    @property
+    def inputs(self) -> tuple:
+        """The model's arguments the guide encodes beside the observations (``compile(inputs=)``)."""
+        return tuple(n for n in self.obs_specs if n not in self.observe)
 
     @property
     def addresses(self) -> list:
@@ -63,27 +70,46 @@ class Guide:
                     f"this guide observes {list(self.observe)}: pass the observation as a dict site -> tensor"
                 )
             observation = {self.observe[0]: observation}
-        unknown = [k for k in observation if k not in self.obs_specs]
+        unknown = [k for k in observation if k not in self.observe]
         if unknown:
             raise ValueError(f"observation names site {unknown[0]!r}, but the guide observes {list(self.observe)}")
         out = {}
-        for name, spec in self.obs_specs.items():
+        for name in self.observe:
             if name not in observation:
                 raise ValueError(f"observation is missing site {name!r} (the guide observes {list(self.observe)})")
-            value = observed_tensor(name, observation[name])  # finite, as on every inference path
-            if tuple(value.shape) != spec.shape:
-                raise ValueError(
-                    f"observation for site {name!r} has shape {tuple(value.shape)}, "
-                    f"but the guide was compiled for shape {spec.shape}"
-                )
-            want = getattr(torch, spec.dtype)
-            if value.dtype != want:
-                if _kind(value.dtype) != _kind(want):
-                    raise ValueError(
-                        f"observation for site {name!r} has dtype {value.dtype}, but the model's site has {want}"
-                    )
-                value = value.to(want)
-            out[name] = value
+            out[name] = self._fitted(f"observation for site {name!r}", name, observation[name])
+        return out
+
+    def _fitted(self, what: str, name: str, value):
+        """``value`` checked finite and of the compiled shape of ``name``, in its dtype (a dtype of
+        another kind, integer for float say, is a ValueError naming ``what``)."""
+        spec = self.obs_specs[name]
+        value = observed_tensor(name, value)  # finite, as on every inference path
+        if tuple(value.shape) != spec.shape:
+            raise ValueError(f"{what} has shape {tuple(value.shape)}, but the guide was compiled for shape {spec.shape}")
+        want = getattr(torch, spec.dtype)
+        if value.dtype != want:
+            if _kind(value.dtype) != _kind(want):
+                raise ValueError(f"{what} has dtype {value.dtype}, but the guide was compiled for {want}")
+            value = value.to(want)
+        return value
+
+    def encoded(self, observation: dict, model_args=(), model_kwargs=None, model=None) -> dict:
+        """What the guide's encoder reads for a call of the model: the checked ``observation`` and
+        the guide's :attr:`inputs`, taken from the call's arguments (bound by ``model``'s signature,
+        the bound model's by default).  ValueError naming an input the call lacks or gives in
+        another shape; a warning where an argument the guide does not see differs from the one
+        it was compiled for (:func:`~infcomp.inputs.warn_changed`)."""
+        arguments = bind_arguments(model or self.model, model_args, model_kwargs)
+        warn_changed(self, arguments, stacklevel=3)
+        if not self.inputs:
+            return observation
+        out = dict(observation)
+        for name in self.inputs:
+            if arguments.get(name) is None:
+                raise ValueError(f"the guide encodes the model's argument {name!r} (compiled with inputs=): pass it in "
+                                 f"model_args or model_kwargs (the guide's inputs: {list(self.inputs)})")
+            out[name] = self._fitted(f"input {name!r}", name, arguments[name])
         return out
 
     def state_for(self, observation: dict) -> ObservationState:
@@ -110,7 +136,7 @@ class Guide:
         other = Guide(copy.deepcopy(self.network), self.observe, self.model, self.model_args, self.model_kwargs)
         other.traces_trained, other.history = self.traces_trained, list(self.history)
         other.metadata, other.last_run = dict(self.metadata), self.last_run
-        other._checked_model = self._checked_model
+        other._checked_model, other.argument_digests = self._checked_model, dict(self.argument_digests)
         return other
 
     def invalidate(self):
@@ -171,10 +197,12 @@ class Guide:
                 "the guide needs the observation: call it with observations={site: value} "
                 "(Pyro's CSIS convention) or use guide.condition(observation)"
             )
-        obs = self.check_observation({k: v for k, v in observation.items() if k in self.obs_specs})
+        obs = self.check_observation({k: v for k, v in observation.items() if k in self.observe})
+        model_kwargs = {k: v for k, v in kwargs.items() if k != "observations"}
+        encoded = self.encoded(obs, args, model_kwargs)
         run = poutine.condition(self.model, data=obs)
         run = poutine.block(run, hide=list(self.observe))
-        with self.messenger(obs):
+        with self.messenger(encoded):
             return run(*args, **kwargs)
 
     def condition(self, observation):
@@ -276,9 +304,15 @@ def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *,
         network.encoder.set_normalization(
             {n: torch.stack([r.observation[n] for r in validation]) for n in obs_specs}
         )
-        return Guide(network.to(device), observe, model, model_args, model_kwargs)
+        guide = Guide(network.to(device), observe, model, model_args, model_kwargs)
+        guide.argument_digests = argument_digests(bind_arguments(model, model_args, model_kwargs), skip=guide.inputs)
+        return guide
     if tuple(guide.observe) != tuple(observe):
         raise ValueError(f"the guide observes {list(guide.observe)}, not {list(observe)}")
+    inputs = tuple(n for n in validation[0].observation if n not in observe)
+    if inputs != guide.inputs:
+        raise ValueError(f"the guide was compiled with inputs {list(guide.inputs)}, not {list(inputs)}: resume it with "
+                         "the same inputs=, or compile a new guide")
     if module is not None:
         raise ValueError("encoder= builds a new guide's network; the guide to resume has its own")
     built = guide.network.encoder.cnn
@@ -288,6 +322,7 @@ def build_guide(model, observe, validation, model_args=(), model_kwargs=None, *,
                     "encoder: CNNConfig", "encoder")
     guide.network.to(device)
     guide.invalidate()
+    guide.argument_digests = argument_digests(bind_arguments(model, model_args, model_kwargs), skip=guide.inputs)
     return guide.bind_model(model, model_args, model_kwargs)
 
 

@@ -144,59 +144,56 @@ def infer(
         whose draws match ``pyro.infer.Importance`` with the guide).  Prior importance sampling
         (``guide=None``) has no network to batch and always runs one by one.
 
-    :param refine: ``True`` or an :class:`~infcomp.Refine` (its budget: updates, seconds,
-        particles): before the run, adapt a copy of the guide to this observation
-        (:mod:`~infcomp.refine`); the weights stay exact under the model, and
-        ``posterior.refinement`` reports the weights' diagnostics before and after.
-    :param warn: warn (:class:`~infcomp.weights.UnreliableWeightsWarning`, naming the figures and
-        what to do next) where the weights are unreliable by :attr:`~infcomp.Posterior.diagnostics`:
-        Pareto k-hat over ``min(1 - 1/log10(S), 0.7)``, or an ESS under ``min(20, S/10)``.
+    :param refine: ``True`` or an :class:`~infcomp.Refine` (its budget): first adapt a copy of the guide
+        to this observation (:mod:`~infcomp.refine`; ``posterior.refinement`` says how it went).
+    :param warn: warn (:class:`~infcomp.UnreliableWeightsWarning`) where the weights are unreliable
+        (:attr:`~infcomp.Posterior.diagnostics`, :mod:`~infcomp.weights`).
 
-    Every path checks the observation the same way: finite (before any particle runs), of a
-    shape its site draws, inside that site's support.  A particle whose observation falls
-    outside the support, or has density 0, weighs 0; ValueError naming the observed sites if
-    every particle does, and naming the particle and site if a log weight is NaN or +inf.
-    Pyro's argument checks (where validation is on) run on the first particle only.
+    Every path checks the observation the same way: finite (before any particle runs), of a shape
+    its site draws, inside that site's support.  A particle whose observation falls outside the
+    support, or has density 0, weighs 0; ValueError naming the observed sites if every particle
+    does, and the particle and site if a log weight is NaN or +inf.  Pyro's argument checks
+    (where validation is on) run on the first particle only.
     """
     _positive_int("num_samples", num_samples)
     _positive_int("chunk_size", chunk_size)
     model_kwargs = dict(model_kwargs or {})
-    if guide is not None:
-        guide.bind_model(model, model_args, model_kwargs)
-        obs = guide.check_observation(observation)
-        names = guide.observe
-    else:
-        if observe is None:
-            if not isinstance(observation, dict):
-                raise ValueError("with guide=None and a tensor observation, name the observed site: observe='y'")
-            observe = list(observation)
-        names = normalize_observe(observe)
-        if not isinstance(observation, dict) and len(names) != 1:
-            raise ValueError(f"observe names {list(names)}: pass the observation as a dict site -> tensor")
-        obs = observation if isinstance(observation, dict) else {names[0]: observation}
-        obs = {n: observed_tensor(n, v) for n, v in obs.items()}  # the guide's own check, as in Guide.check_observation
-    settings = Refine.of(refine)
-    if settings is not None and guide is None:
-        raise ValueError("refine= adapts a compiled guide to the observation: with guide=None (the prior) there is "
-                         "nothing to refine")
+    obs, encoded, names = _observed(model, guide, observation, observe, model_args, model_kwargs)
+    settings = Refine.of(refine, guided=guide is not None)
     conditioned = functools.partial(poutine.condition(model, data=obs), *model_args, **model_kwargs)
-    run = _batched if batch and guide is not None else _sequential
-    report = None
+    run, report = _batched if batch and guide is not None else _sequential, None
     # each particle's model code runs on small tensors: extra threads only contend
     with fork_rng(seed), limited_threads(), torch.no_grad():
         if settings is not None:
-            draw = functools.partial(_particles, run, conditioned, obs, names, chunk_size)
-            with tqdm(total=settings.steps, disable=not progress, desc="refining", unit="update") as bar:
-                guide, report = refined_copy(guide, draw, obs, settings, bar)
+            draw = functools.partial(_particles, run, conditioned, encoded, names, chunk_size)
+            guide, report = refined_copy(guide, draw, encoded, settings, progress)
         with tqdm(total=num_samples, disable=not progress, desc="importance sampling", unit="sample") as bar:
-            draws = _Draws(num_samples, names)
-            run(conditioned, guide, obs, draws, chunk_size, bar)
+            run(conditioned, guide, encoded, draws := _Draws(num_samples, names), chunk_size, bar)
             post = draws.posterior()
-    if report is not None:
-        post.refinement = dataclasses.replace(report, after=post.diagnostics)
+    post.refinement = None if report is None else dataclasses.replace(report, after=post.diagnostics)
     if warn:
         warn_unreliable(post, stacklevel=2)
     return post
+
+
+def _observed(model, guide, observation, observe, model_args, model_kwargs):
+    """``(the checked observation {site: tensor}, what the guide's encoder reads: it and the guide's
+    inputs, the observed site names)``; with a guide, the guide bound to the model."""
+    if guide is not None:
+        obs = guide.check_observation(observation)
+        encoded = guide.encoded(obs, model_args, model_kwargs, model)
+        guide.bind_model(model, model_args, model_kwargs)
+        return obs, encoded, guide.observe
+    if observe is None:
+        if not isinstance(observation, dict):
+            raise ValueError("with guide=None and a tensor observation, name the observed site: observe='y'")
+        observe = list(observation)
+    names = normalize_observe(observe)
+    if not isinstance(observation, dict) and len(names) != 1:
+        raise ValueError(f"observe names {list(names)}: pass the observation as a dict site -> tensor")
+    obs = observation if isinstance(observation, dict) else {names[0]: observation}
+    obs = {n: observed_tensor(n, v) for n, v in obs.items()}  # the guide's own check, as in Guide.check_observation
+    return obs, obs, names
 
 
 def _particles(run, conditioned, obs, names, chunk_size, guide, n):
@@ -357,7 +354,8 @@ def bound_reads(model, guide, observation, model_args, model_kwargs, stop_before
     model_kwargs = dict(model_kwargs or {})
     guide.bind_model(model, model_args, model_kwargs)
     many = isinstance(observation, (list, tuple))
-    observations = [guide.check_observation(o) for o in (observation if many else [observation])]
+    inputs = guide.encoded({}, model_args, model_kwargs, model)  # the guide's inputs from the call, if it has any
+    observations = [{**guide.check_observation(o), **inputs} for o in (observation if many else [observation])]
     return model_kwargs, many, observations, _stop_names(stop_before)
 
 

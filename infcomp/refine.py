@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import collate
 from .nn.proposals import unwrap
@@ -80,10 +81,14 @@ class Refine:
                 raise ValueError(f"Refine.{name} must be a number in (0, {'inf' if name == 'lr' else 1}], got {v!r}")
 
     @classmethod
-    def of(cls, refine) -> Refine | None:
-        """``infer``'s ``refine=``: False or None (no refinement), True (the defaults) or a :class:`Refine`."""
+    def of(cls, refine, guided=True) -> Refine | None:
+        """``infer``'s ``refine=``: False or None (no refinement), True (the defaults) or a :class:`Refine`;
+        ValueError for a refinement without a guide (``guided`` false: the prior proposes)."""
         if refine is None or refine is False:
             return None
+        if not guided:
+            raise ValueError("refine= adapts a compiled guide to the observation: with guide=None (the prior) there "
+                             "is nothing to refine")
         if refine is True:
             return cls()
         if isinstance(refine, cls):
@@ -132,12 +137,18 @@ def tempered_weights(log_weights: torch.Tensor, min_ess: float) -> tuple[torch.T
     return torch.softmax(torch.where(finite, beta * lw, -math.inf), 0), beta
 
 
-def refined_copy(guide, draw, obs: dict, settings: Refine, bar=None):
-    """``(refined copy of guide, RefinementReport without after)``.
+def refined_copy(guide, draw, obs: dict, settings: Refine, progress=False):
+    """``(refined copy of guide, RefinementReport without after)``, with a bar of the updates where ``progress``.
 
-    ``draw(guide, n)`` draws ``n`` particles with ``guide`` for the observation ``obs`` and returns
-    ``(log weights [n], [(latent values {site: value}, priors {site: fn})] per particle)``.
+    ``draw(guide, n)`` draws ``n`` particles with ``guide`` for the observation ``obs`` (the encoder's
+    input: observed sites and inputs) and returns ``(log weights [n], [(latent values {site: value},
+    priors {site: fn})] per particle)``.
     """
+    with tqdm(total=settings.steps, disable=not progress, desc="refining", unit="update") as bar:
+        return _refine(guide, draw, obs, settings, bar)
+
+
+def _refine(guide, draw, obs, settings, bar):
     own = guide.copy()
     net = own.network
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
@@ -169,9 +180,8 @@ def refined_copy(guide, draw, obs: dict, settings: Refine, bar=None):
                 optimizer.step()
         own.invalidate()
         steps += 1
-        if bar is not None:
-            bar.set_postfix_str(now.describe(), refresh=False)
-            bar.update(1)
+        bar.set_postfix_str(now.describe(), refresh=False)
+        bar.update(1)
     return own, RefinementReport(before, None, steps, time.perf_counter() - start, stopped)
 
 

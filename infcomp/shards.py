@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .files import output_lock
 from .data import FailureWindow, _init_worker, collate, draw_records
 from .rng import fork_rng
-from .traces import PriorSampler, SiteSpec, TraceRecord, check_consistent, normalize_observe
+from .traces import PriorSampler, SiteSpec, TraceRecord, check_consistent, resolve_observe
 
 __all__ = ["save_traces", "TraceShards", "ShardStream", "shard_batches", "Mixed", "shard_seed", "FORMAT", "VERSION", "OBSERVATIONS"]
 
@@ -182,7 +182,9 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
     """Draw ``num_traces`` prior traces of ``model`` and write them to the folder ``path`` (the format
     above); returns the dataset, for ``compile(..., traces=path)``.
 
-    :param observe: the observed site name, or a list of them (stored as the traces' data).
+    :param observe: the observed site name, or a list of them (stored as the traces' data); or a
+        compiled regular expression or a callable ``(name) -> bool`` picking them, as for
+        :func:`~infcomp.compile` (the names it picks are the dataset's settings).
     :param shard_size: traces per shard file (the last one fewer).
     :param seed: shard ``i`` draws from :func:`shard_seed` ``(seed, i)``: the dataset is the same
         however many ``workers`` write it, and however often it was resumed.
@@ -205,7 +207,8 @@ def save_traces(model, path, num_traces: int, *, observe, model_args=(), model_k
     if observations not in OBSERVATIONS:
         raise ValueError(f"observations must be one of {list(OBSERVATIONS)}, got {observations!r}")
     path = os.fspath(path)
-    settings = {"observe": list(normalize_observe(observe)), "seed": int(seed), "shard_size": shard_size,
+    observe = resolve_observe(model, observe, model_args, model_kwargs)  # a pattern's names: one run of the model
+    settings = {"observe": list(observe), "seed": int(seed), "shard_size": shard_size,
                 "num_traces": num_traces, "observations": observations}
     _checked_folder(path, settings)  # before any work; again under the lock, before any file
     sampler = PriorSampler(model, settings["observe"], model_args, model_kwargs, make_families(families))

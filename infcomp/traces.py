@@ -10,6 +10,7 @@ proposal needs, and the values at the observed sites.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from .nn.proposals import fit_family, make_families, unwrap
+from .rng import fork_rng
 
 __all__ = [
     "SiteSpec",
@@ -32,6 +34,7 @@ __all__ = [
     "site_spec",
     "is_latent",
     "normalize_observe",
+    "resolve_observe",
     "observed_tensor",
     "observation_fault",
 ]
@@ -100,6 +103,31 @@ def normalize_observe(observe) -> tuple:
     twice = [n for i, n in enumerate(names) if n in names[:i]]
     if twice:
         raise ValueError(f"observe names site {twice[0]!r} twice ({list(names)}): name each observed site once")
+    return names
+
+
+def resolve_observe(model, observe, model_args=(), model_kwargs=None) -> tuple:
+    """The observed sites' names.  A name or a list of names is read as :func:`normalize_observe`
+    reads it (a string is one site's exact name, never a pattern).  A compiled regular expression
+    (``re.compile(r"obs_\\d+")``, matched in full against each name) or a callable ``(name) -> bool``
+    picks among the model's sample sites, in the order the model samples them: the sites of one
+    run of the model forward that draw from a distribution, observed there or not (not a plate's
+    subsample, a ``pyro.deterministic`` or an auxiliary site).  That run is seeded, the caller's
+    generators left as they were, so every rank of a distributed run reads the same sites; a
+    model whose observed sites vary from run to run needs them named.  ValueError listing the
+    model's sample sites where the pattern picks none."""
+    if isinstance(observe, str) or not (isinstance(observe, re.Pattern) or callable(observe)):
+        return normalize_observe(observe)
+    recorder = RecordSites(())
+    with fork_rng(0), recorder:
+        model(*tuple(model_args), **dict(model_kwargs or {}))
+    sites = [name for name, fn, _, _, infer in recorder.sites if latent_site(fn, False, infer)]
+    pick = observe.fullmatch if isinstance(observe, re.Pattern) else observe
+    names = tuple(n for n in sites if pick(n))
+    if not names:
+        what = f"the pattern '{observe.pattern}'" if isinstance(observe, re.Pattern) else \
+            f"the callable {getattr(observe, '__qualname__', repr(observe))}"
+        raise ValueError(f"observe: {what} picks none of the model's sample sites {sites}")
     return names
 
 
@@ -187,7 +215,9 @@ class RecordSites(Unobserve):
     One messenger, not a trace: a prior draw is made for its latent values, and a trace's
     graph, node copies and a second messenger cost a model of many small sites a share of its
     own draws.  Like a trace, it refuses a name met twice in one run: a ValueError (a model's
-    fault, not a chance failure).  One instance records one run at a time.
+    fault, not a chance failure).  A plate that subsamples its data is a ValueError too: the
+    guide would be trained on the subsample, and inference would weigh the particles under the
+    likelihood scaled up from it, not the full data's.  One instance records one run at a time.
     """
 
     def __init__(self, names):
@@ -202,7 +232,19 @@ class RecordSites(Unobserve):
             what = "plates" if isinstance(msg["fn"], _Subsample) else "sample sites"
             raise ValueError(f"the model has two {what} named {name!r} in one run: each needs its own name")
         self._seen.add(name)
+        _check_full_plate(name, msg["fn"], msg["value"])
         self.sites.append((name, msg["fn"], msg["value"], msg["is_observed"], msg["infer"]))
+
+
+def _check_full_plate(name, fn, value):
+    """ValueError naming plate ``name`` where its subsample ``value`` (drawn from ``fn``, a
+    ``_Subsample``) is smaller than the plate; any other site passes."""
+    if isinstance(fn, _Subsample) and fn.size is not None and value.numel() < fn.size:
+        raise ValueError(
+            f"plate {name!r} subsamples {value.numel()} of its {fn.size} items: inference compilation needs the "
+            "full data at every observed site; drop subsample_size (or subsample=): the guide is trained and "
+            "inferred on all of the plate's data"
+        )
 
 
 class PriorSampler:
@@ -214,11 +256,13 @@ class PriorSampler:
     family registered since is not fitted to them again.
     """
 
-    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True, specs=None):
+    def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True, specs=None,
+                 inputs=None):
         self.model = model
         self.observe = normalize_observe(observe)
         self.args = tuple(model_args)
         self.kwargs = dict(model_kwargs or {})
+        self.inputs = inputs  # () -> {argument name: tensor}: drawn afresh for each trace, recorded beside the observation
         self.families = families if families is not None else make_families()
         self.validate = validate  # Pyro's argument checks; training workers turn them off for speed
         self.specs: dict[str, SiteSpec] = dict(specs or {})
@@ -254,11 +298,17 @@ class PriorSampler:
 
     def sample(self) -> TraceRecord:
         recorder = RecordSites(self.observe)  # one per run: a model that draws inside a draw records apart
+        drawn = self.inputs() if self.inputs is not None else {}
         with pyro.validation_enabled(self.validate), recorder:
-            self.model(*self.args, **self.kwargs)
+            self.model(*self.args, **self.kwargs, **drawn)
         structure, values, contexts, observation = [], [], [], {}
         for name, fn, value, is_observed, infer in recorder.sites:
             if name in self.observe:
+                if isinstance(unwrap(fn)[0], pyro.distributions.Unit):
+                    raise ValueError(
+                        f"observe names site {name!r}, a pyro.factor: it has no value to observe. Inference "
+                        "compilation trains on joint draws of latents and data: write the likelihood as a sample "
+                        "site with obs= and observe that site (covariates can be inputs= of the guide)")
                 observation[name] = value.detach()
                 continue
             if not latent_site(fn, is_observed, infer):
@@ -273,6 +323,7 @@ class PriorSampler:
                 f"observe names site {missing[0]!r}, but the model never samples it "
                 f"(its sample sites: {[n for n, *_ in recorder.sites]})"
             )
+        observation.update((n, torch.as_tensor(v).detach()) for n, v in drawn.items())
         return TraceRecord(tuple(structure), tuple(values), tuple(contexts), observation)
 
 

@@ -32,25 +32,25 @@ import dataclasses
 import math
 import numbers
 import os
-import sys
 import tempfile
 import time
 import types
 import warnings
 
 import torch
-from tqdm.auto import tqdm
 
+from .budget import draw_validation, progress_bar
 from .devices import checked_device
 from .distributed import Say, Solo, join, main_lock, rank_cores, rank_seed
-from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate, draw_records
+from .data import Echo, FailureWindow, ModelFailureError, batch_stream, check_echo, collate
 from .files import check_writable
 from .guide import Guide, build_guide, default_lr
 from .nn.proposals import make_families
 from .rng import draw_seed, fork_rng
 from .threads import limited_threads
 from .shards import Mixed, TraceShards, shard_batches
-from .traces import PriorSampler, check_consistent, normalize_observe
+from .inputs import check_sampler
+from .traces import PriorSampler, check_consistent, resolve_observe
 
 __all__ = [
     "compile", "Trainer", "RunStats", "Callback", "Budget", "LearningRateSchedule", "Validation", "Checkpoint",
@@ -65,7 +65,11 @@ class RunStats:
     ``traces`` counts fresh traces, ``trained_traces`` every trace a step trained on (echoed
     repeats again); ``loss`` is the latest step's mean train loss, ``validation_loss`` the
     latest evaluation's (NaN before the first).  ``seed`` is the seed the run drew with: the
-    one given to :func:`compile`, or the one it drew when given none.
+    one given to :func:`compile`, or the one it drew when given none.  ``seconds`` is the training
+    loop's time, ``setup_seconds`` compile's before it (its checks, the validation draws, building
+    the guide, starting the trace workers): ``minutes`` bounds the two together (:class:`Budget`).
+    ``validation_traces`` is the validation set's size: ``validation_size``, or fewer where
+    ``minutes`` cut its draws short (:mod:`~infcomp.budget`).
 
     ``failed_traces`` counts the model's runs that raised (or ran past ``trace_timeout``) and
     were skipped, ``failed_validation_traces`` those while drawing the validation set,
@@ -79,6 +83,8 @@ class RunStats:
     trained_traces: int = 0
     steps: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0
+    validation_traces: int = 0
     waiting_for_data_seconds: float = 0.0  # high against seconds: trace generation is the bottleneck
     loss: float = math.nan
     validation_loss: float = math.nan
@@ -145,10 +151,16 @@ class Callback:
 class Budget(Callback):
     """The stopping rule: the run ends once it has trained ``num_traces`` fresh traces,
     ``trained_traces`` traces in all (repeats of stored ones counted again) or run for
-    ``minutes``, whichever comes first; ``None`` is no limit of that kind."""
+    ``minutes``, whichever comes first; ``None`` is no limit of that kind.
 
-    def __init__(self, num_traces=None, minutes=None, trained_traces=None):
+    ``minutes`` counts ``stats.setup_seconds + stats.seconds``.  With ``start`` (a
+    ``time.monotonic()`` value: compile's own start) :meth:`on_start` sets ``setup_seconds`` to
+    the time since, so the work before the loop spends the same budget; rank 0's figure on
+    every rank, so that all read one fraction and one learning rate."""
+
+    def __init__(self, num_traces=None, minutes=None, trained_traces=None, start=None):
         self.num_traces, self.minutes, self.trained_traces = num_traces, minutes, trained_traces
+        self.start = start
 
     def fraction(self, stats: RunStats) -> float:
         """The share of the budget spent: the largest of the traces', trained traces' and the time's
@@ -159,10 +171,14 @@ class Budget(Callback):
         if self.trained_traces is not None:
             shares.append(stats.trained_traces / max(self.trained_traces, 1))
         if self.minutes is not None:
-            shares.append(stats.seconds / (60 * self.minutes) if self.minutes > 0 else math.inf)
+            seconds = stats.setup_seconds + stats.seconds
+            shares.append(seconds / (60 * self.minutes) if self.minutes > 0 else math.inf)
         return max(shares)
 
     def on_start(self, trainer):
+        if self.start is not None:  # an int from rank 0 (microseconds, not a seed) on every rank
+            micros = trainer.group.broadcast_seed(round(1e6 * (time.monotonic() - self.start)))
+            trainer.stats.setup_seconds = micros / 1e6
         if self.fraction(trainer.stats) >= 1:
             trainer.stop()
 
@@ -287,9 +303,7 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_start(self, trainer):
-        every = 0.1 if sys.stderr.isatty() else self.log_interval
-        self.bar = tqdm(total=self.total, disable=not self.enabled, unit="trace", desc="compiling", smoothing=0.1,
-                        mininterval=every, maxinterval=max(every, 10.0))
+        self.bar = progress_bar(self.total, self.enabled, "compiling", self.log_interval)
         self.shown, self.validations, self.failed = 0, 0, 0
 
     def on_step(self, trainer, stats):
@@ -329,21 +343,6 @@ class FailureLimit(Callback):
         self.ok, self.failed = stats.traces, stats.failed_traces
         if self.failures.exceeded():
             trainer.fail(self.failures.error("training traces"))
-
-
-def _check_validation(records, observe):
-    if not any(r.structure for r in records):
-        raise ValueError(
-            f"the model has no latent sites (only {list(observe)} and fixed data): there is nothing to infer"
-        )
-    first = records[0].observation
-    for r in records[1:]:
-        for n, v in r.observation.items():
-            if v.shape != first[n].shape:
-                raise ValueError(
-                    f"observed site {n!r} changes shape between runs ({tuple(first[n].shape)} vs {tuple(v.shape)}): "
-                    "an observation must have one shape"
-                )
 
 
 class Trainer:
@@ -541,15 +540,18 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
             checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
             metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0, amp=None,
-            distributed=None) -> Guide:
+            distributed=None, inputs=None) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws (under ``torchrun``: see above).
 
-    :param observe: the observed site name, or a list of them.
+    :param observe: the observed site name, or a list of them; or a compiled regular expression
+        (``re.compile(r"obs_\\d+")``, matched in full) or a callable ``(name) -> bool`` picking the
+        model's sample sites (:func:`~infcomp.traces.resolve_observe`), whose names ``guide.observe`` holds.
     :param num_traces: a positive int: train on this many more fresh traces (default 10,000 if
         ``minutes`` is not given), in whole batches: the last batch may take the count past it
         (``guide.last_run.budget_note``).
-    :param minutes: a positive number: stop after this much wall-clock time.  With workers, it also
-        bounds the wait for traces: a model that stalls ends the run at the deadline, saved.
+    :param minutes: a positive number: the wall-clock budget of the whole call, the validation draws
+        included (:mod:`~infcomp.budget`); it ends within it, one more step and the final save.  With
+        workers, it also bounds the wait for traces: a model that stalls ends the run at the deadline, saved.
     :param guide: a guide to go on training (resumes its optimiser state).
     :param batch_size: a positive int: traces per gradient step.
     :param workers: processes drawing traces (default: the CPU cores, at most 4; 0 draws them in
@@ -573,7 +575,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
     :param lr: Adam's learning rate (default: :func:`~infcomp.guide.default_lr`); it stays there
         for the first half of the run, then decays along a cosine to 5% of it.
     :param validation_size: a positive int: prior traces in the validation set, evaluated every
-        ``validate_every`` seconds.
+        ``validate_every`` seconds (with ``minutes``, those drawn in a tenth of it).
     :param checkpoint: a file the guide is saved to every ``checkpoint_every`` minutes, at the
         end, and when the run is interrupted (``KeyboardInterrupt`` is re-raised after the
         save); ``compile(..., guide=infcomp.load(checkpoint))`` goes on from there.  Its directory
@@ -590,6 +592,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
         after every step and at the end of the run (they may end it with ``trainer.stop()``).
     :param traces: a folder from :func:`~infcomp.save_traces` to train on for ``epochs`` shuffled passes,
         ``fresh_share`` of the batches drawn fresh instead; without another budget the epochs are it.
+    :param inputs: ``() -> {model argument: tensor}``, drawn per trace, encoded (:mod:`~infcomp.inputs`)
     """
     return _locked_run(_checked_settings(types.SimpleNamespace(**locals())))
 
@@ -619,10 +622,9 @@ def _train(s) -> Guide:
         guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
         table = guide.network.families if guide is not None else make_families(s.families)
         sampler = PriorSampler(s.model, s.observe, s.model_args, model_kwargs, table,
-                               specs=guide.network.specs if guide is not None else None)
+                               specs=guide.network.specs if guide is not None else None, inputs=s.inputs)
         failures = FailureWindow(s.max_failure_rate, s.failure_window)
-        validation = draw_records(sampler, s.validation_size, failures)
-        _check_validation(validation, s.observe)
+        validation = draw_validation(sampler, s.validation_size, failures, s.start, s.minutes, s.progress, group)
         if s.traces is not None:
             _add_stored_sites(sampler, s.traces, validation[0].observation)
         guide = build_guide(s.model, s.observe, validation, s.model_args, model_kwargs, guide=guide,
@@ -635,7 +637,7 @@ def _train(s) -> Guide:
                           s.device, group)
         epochs = None if s.traces is None or s.num_traces or s.minutes else \
             math.ceil(s.epochs * s.traces.num_traces / (1 - s.fresh_share))  # fresh batches come on top
-        budget = Budget(s.num_traces, s.minutes, epochs)
+        budget = Budget(s.num_traces, s.minutes, epochs, start=s.start)
         main = group.is_main  # rank 0 alone validates, saves and shows progress
         pieces = [budget, LearningRateSchedule(budget), *([Validation(s.validate_every)] if main else []),
                   *([Checkpoint(s.checkpoint, s.checkpoint_every)] if s.checkpoint is not None and main else []),
@@ -643,9 +645,10 @@ def _train(s) -> Guide:
                   ProgressBar(epochs or s.num_traces, s.progress and main, count="trained_traces" if epochs else "traces"),
                   *s.callbacks]
         stats = RunStats(seed=run_seed, budget_traces=s.num_traces, batch_size=s.batch_size,
-                         failed_validation_traces=failures.failures, last_failure=failures.last)
+                         failed_validation_traces=failures.failures, last_failure=failures.last,
+                         validation_traces=len(validation))
         stream_seed = rank_seed(run_seed + guide.traces_trained, group.rank)
-        deadline = None if s.minutes is None else time.monotonic() + 60 * s.minutes
+        deadline = None if s.minutes is None else s.start + 60 * s.minutes
         drawing = s.workers if s.traces is None or s.fresh_share > 0 else min(s.workers, 1)  # readers are light
         with limited_threads(_torch_threads(s.threads, drawing)):
             try:
@@ -733,15 +736,17 @@ def _positive(name, value, kind):
 
 
 def _checked_settings(s):
-    """``s`` with ``observe``, ``callbacks``, ``workers`` and the budget filled in; an error naming
-    the argument, before any work, for a value that cannot be right."""
-    s.observe, s.callbacks = normalize_observe(s.observe), _checked_callbacks(s.callbacks)
+    """``s`` with ``observe`` (the sites' names: a pattern's resolved by one run of the model, after
+    the other checks), ``callbacks``, ``workers`` and the budget filled in, and ``start``, the
+    moment ``minutes`` counts from; an error naming the argument, before any work, for a value
+    that cannot be right."""
+    s.start = time.monotonic()
+    s.callbacks = _checked_callbacks(s.callbacks)
     for name in ("amp", "distributed"):
         if getattr(s, name) not in (None, True, False):
             raise ValueError(f"{name} must be None, True or False, got {getattr(s, name)!r}")
     check_echo(s.echo)
     s.device = checked_device(s.device)
-    _checked_dataset(s)
     if s.num_traces is None and s.minutes is None and s.traces is None:
         s.num_traces = 10_000
     for name in ("num_traces", "minutes", "trace_timeout"):
@@ -759,6 +764,12 @@ def _checked_settings(s):
                                   or s.workers < 0):
         raise ValueError(f"workers must be 0 or a positive int, got {s.workers!r}")
     s.workers = min(4, rank_cores()) if s.workers is None else s.workers
+    drawn = {} if s.inputs is None else check_sampler(s.inputs, s.model, s.model_args, s.model_kwargs)
+    s.observe = resolve_observe(s.model, s.observe, s.model_args, {**(s.model_kwargs or {}), **drawn})
+    clash = [n for n in drawn if n in s.observe]
+    if clash:
+        raise ValueError(f"input {clash[0]!r} has the name of an observed site: rename the argument")
+    _checked_dataset(s)
     return s
 
 

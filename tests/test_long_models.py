@@ -135,7 +135,7 @@ def test_a_guide_file_from_before_tokens_loads_as_it_was_built(tmp_path):
 def plated(y=None):
     a = pyro.sample("a", dist.Normal(0.0, 1.0))
     pyro.deterministic("twice", 2 * a)
-    with pyro.plate("points", 3, subsample_size=2):
+    with pyro.plate("points", 3):
         b = pyro.sample("b", dist.Normal(a, 1.0))
     pyro.factor("penalty", -b.sum())
     with poutine.block(hide=["hidden"]), poutine.scale(scale=2.0):
