@@ -354,7 +354,7 @@ def test_compile_saves_and_stops_on_sigterm(tmp_path, workers, whole_group):
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=whole_group,
     )
     seen, deadline = b"", time.time() + 120
-    while not re.search(rb"\| [1-9]\d*/", seen) and time.time() < deadline:  # some batches trained
+    while not re.search(rb"compiling[^\r\n]*\| [1-9]\d*/", seen) and time.time() < deadline:  # some batches trained
         seen += proc.stderr.read1(4096) or b""
     if whole_group:
         os.killpg(proc.pid, signal.SIGTERM)
