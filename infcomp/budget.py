@@ -52,7 +52,7 @@ def draw_validation(sampler: PriorSampler, size: int, failures: FailureWindow, s
     began = time.monotonic()
     with progress_bar(size, progress and group.is_main, "drawing validation traces") as bar:
         records = draw_records(sampler, size, failures, until=until, bar=bar)
-    n = group.broadcast_seed(len(records))  # an int from rank 0 (its count, not a seed) on every rank
+    n = group.broadcast_int(len(records))
     records = records[:n] + draw_records(sampler, n - len(records), failures)
     if n < size:
         _cut_short(n, size, (time.monotonic() - began) / n, minutes, group.is_main)

@@ -22,14 +22,13 @@ whose true trace has it, against its posterior given that it exists.  Vector sit
 element by element (``"z[0]"``, ``"z[1]"``, ...).
 
 Each draw's posterior is inferred without :func:`~infcomp.infer`'s warning (one per draw would
-bury the figures); instead :attr:`Calibration.weights`, a :class:`WeightTally`, keeps every
+bury the figures); instead :attr:`Calibration.weights`, a :class:`~infcomp.weights.WeightTally`, keeps every
 draw's :class:`~infcomp.weights.WeightDiagnostics` and counts the draws whose weights are
 unreliable: there the ``"posterior"`` read rests on a few particles.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -38,50 +37,11 @@ from .infer import infer
 from .posterior import Marginal, Posterior
 from .rng import fork_rng
 from .traces import PriorSampler
-from .weights import WeightDiagnostics
+from .weights import WeightTally
 
-__all__ = ["Check", "Calibration", "calibration", "WeightTally", "figures"]
+__all__ = ["Check", "Calibration", "calibration"]
 
 READS = ("q", "posterior")
-
-
-@dataclass(frozen=True)
-class WeightTally:
-    """The importance weights of many posteriors, one per observation: ``diagnostics``, each
-    one's :class:`~infcomp.weights.WeightDiagnostics` in order, and how many are unreliable."""
-
-    diagnostics: tuple = ()
-
-    @property
-    def unreliable(self) -> int:
-        return sum(not d.reliable for d in self.diagnostics)
-
-    def limits(self) -> tuple:
-        """``(k-hat threshold, ESS floor)`` shared by every posterior (they share a particle count),
-        else ``(None, None)``."""
-        limits = {(d.khat_threshold, d.ess_floor) for d in self.diagnostics}
-        return limits.pop() if len(limits) == 1 else (None, None)
-
-    def describe(self, unit="observations") -> str:
-        """One line: ``weights unreliable on 3 of 500 images (k-hat > 0.70 or ESS < 20)``."""
-        khat, ess = self.limits()
-        why = "k-hat or ESS past its limit" if khat is None else f"k-hat > {khat:.2f} or ESS < {ess:.3g}"
-        return f"weights unreliable on {self.unreliable} of {len(self.diagnostics)} {unit} ({why})"
-
-    def to_dict(self) -> dict:
-        """``{"weighted", "unreliable", "khat_threshold", "ess_floor"}`` (the limits as :meth:`limits`)."""
-        khat, ess = self.limits()
-        return {"weighted": len(self.diagnostics), "unreliable": self.unreliable, "khat_threshold": khat,
-                "ess_floor": ess}
-
-
-def figures(obj) -> dict:
-    """A :class:`~infcomp.weights.WeightDiagnostics` or :class:`WeightTally` as its ``to_dict()``
-    ready for JSON, a k-hat that could not be fitted (NaN) as None: ``json.dumps``' ``default``.
-    TypeError for anything else."""
-    if not isinstance(obj, (WeightDiagnostics, WeightTally)):
-        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in obj.to_dict().items()}
 
 
 @dataclass

@@ -103,8 +103,8 @@ class Solo:
             raise ValueError(say.clash)
         return say._replace(stop=say.stop or say.ended, counts=tuple(say.counts), new_specs=list(say.new_specs))
 
-    def broadcast_seed(self, seed: int) -> int:
-        return seed
+    def broadcast_int(self, value: int) -> int:
+        return value
 
     def raise_main(self, error) -> None:
         if error is not None:
@@ -191,9 +191,9 @@ class Group(Solo):
         if box[0] is not None:
             raise ValueError(f"rank 0 refused the run: {box[0]}")
 
-    def broadcast_seed(self, seed: int) -> int:
-        """Rank 0's ``seed``, on every rank."""
-        box = [seed]
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's ``value`` (a seed, a count), on every rank."""
+        box = [value]
         dist.broadcast_object_list(box, src=0)
         return int(box[0])
 

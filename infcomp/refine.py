@@ -149,12 +149,14 @@ def refined_copy(guide, draw, obs: dict, settings: Refine, progress=False):
 
 
 def _refine(guide, draw, obs, settings, bar):
+    """:func:`refined_copy`'s loop: at least one draw (so ``before`` is always known), then updates
+    until the draw is reliable or the budget is spent."""
     own = guide.copy()
     net = own.network
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
     start, before, steps, stopped = time.perf_counter(), None, 0, "steps"
     while steps < settings.steps:
-        if settings.seconds is not None and time.perf_counter() - start >= settings.seconds:
+        if steps and settings.seconds is not None and time.perf_counter() - start >= settings.seconds:
             stopped = "seconds"
             break
         with torch.no_grad():

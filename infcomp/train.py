@@ -176,8 +176,8 @@ class Budget(Callback):
         return max(shares)
 
     def on_start(self, trainer):
-        if self.start is not None:  # an int from rank 0 (microseconds, not a seed) on every rank
-            micros = trainer.group.broadcast_seed(round(1e6 * (time.monotonic() - self.start)))
+        if self.start is not None:  # rank 0's microseconds on every rank
+            micros = trainer.group.broadcast_int(round(1e6 * (time.monotonic() - self.start)))
             trainer.stats.setup_seconds = micros / 1e6
         if self.fraction(trainer.stats) >= 1:
             trainer.stop()
@@ -617,7 +617,7 @@ def _train(s) -> Guide:
     if s.traces is not None and len(s.traces.files) < group.world_size:  # a rank with no share ends every rank's run
         raise ValueError(f"the trace dataset {s.traces.path} has {len(s.traces.files)} shards for {group.world_size} "
                          "ranks: write it with a smaller shard_size (one shard a rank at least)")
-    run_seed = group.broadcast_seed(draw_seed() if s.seed is None else int(s.seed))
+    run_seed = group.broadcast_int(draw_seed() if s.seed is None else int(s.seed))
     with fork_rng(run_seed):
         guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
         table = guide.network.families if guide is not None else make_families(s.families)

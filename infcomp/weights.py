@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["UnreliableWeightsWarning", "warn_unreliable", "WeightDiagnostics", "diagnose", "effective_sample_size", "pareto_khat", "khat_threshold", "ess_floor"]
+__all__ = ["UnreliableWeightsWarning", "warn_unreliable", "WeightDiagnostics", "WeightTally", "figures", "diagnose", "effective_sample_size", "pareto_khat", "khat_threshold", "ess_floor"]
 
 
 def effective_sample_size(log_weights) -> float:
@@ -141,6 +141,45 @@ def diagnose(log_weights) -> WeightDiagnostics:
     lw = torch.as_tensor(log_weights, dtype=torch.float64).flatten()
     s = len(lw)
     return WeightDiagnostics(s, effective_sample_size(lw), pareto_khat(lw), khat_threshold(s), ess_floor(s))
+
+
+@dataclass(frozen=True)
+class WeightTally:
+    """The importance weights of many posteriors, one per observation: ``diagnostics``, each
+    one's :class:`WeightDiagnostics` in order, and how many are unreliable."""
+
+    diagnostics: tuple = ()
+
+    @property
+    def unreliable(self) -> int:
+        return sum(not d.reliable for d in self.diagnostics)
+
+    def limits(self) -> tuple:
+        """``(k-hat threshold, ESS floor)`` shared by every posterior (they share a particle count),
+        else ``(None, None)``."""
+        limits = {(d.khat_threshold, d.ess_floor) for d in self.diagnostics}
+        return limits.pop() if len(limits) == 1 else (None, None)
+
+    def describe(self, unit="observations") -> str:
+        """One line: ``weights unreliable on 3 of 500 images (k-hat > 0.70 or ESS < 20)``."""
+        khat, ess = self.limits()
+        why = "k-hat or ESS past its limit" if khat is None else f"k-hat > {khat:.2f} or ESS < {ess:.3g}"
+        return f"weights unreliable on {self.unreliable} of {len(self.diagnostics)} {unit} ({why})"
+
+    def to_dict(self) -> dict:
+        """``{"weighted", "unreliable", "khat_threshold", "ess_floor"}`` (the limits as :meth:`limits`)."""
+        khat, ess = self.limits()
+        return {"weighted": len(self.diagnostics), "unreliable": self.unreliable, "khat_threshold": khat,
+                "ess_floor": ess}
+
+
+def figures(obj) -> dict:
+    """A :class:`WeightDiagnostics` or :class:`WeightTally` as its ``to_dict()``
+    ready for JSON, a k-hat that could not be fitted (NaN) as None: ``json.dumps``' ``default``.
+    TypeError for anything else."""
+    if not isinstance(obj, (WeightDiagnostics, WeightTally)):
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in obj.to_dict().items()}
 
 
 class UnreliableWeightsWarning(UserWarning):

@@ -89,7 +89,7 @@ def test_a_weight_tally_in_json():
     import json
     import math
 
-    from infcomp.diagnostics import WeightTally, figures
+    from infcomp.weights import WeightTally, figures
     from infcomp.weights import diagnose
 
     flat, mixed = diagnose(torch.zeros(8)), diagnose(torch.zeros(200))  # equal weights: no k-hat to fit

@@ -387,7 +387,7 @@ def _summary(rows, greedy_ms, posterior_ms):
     out = {"n": len(rows), "ms_per_captcha": {"greedy": greedy_ms, "posterior": posterior_ms}}
     weighed = tuple(r["weights"] for r in rows if "weights" in r)  # the importance-weighted reads
     if weighed:
-        out["weights"] = infcomp.diagnostics.WeightTally(weighed)
+        out["weights"] = infcomp.weights.WeightTally(weighed)
     if labelled:
         post = [r for r in labelled if "posterior" in r]
         out["recognition_rate"] = sum(r["reading"] == r["label"] for r in labelled) / len(labelled)
@@ -441,7 +441,7 @@ def _read_all(style, guide, images, labels, names, particles, posterior_n, seeds
     """Read each image; ``seeds[i]`` seeds image i's posterior read; ``unlike[i]``, where given and not None,
     says why image i is unlike the style: its reading is then given probability 0.  The posterior read is
     :func:`breaker.read_posterior` with ``particles`` draws, or with ``weighted`` :func:`breaker.read_weighted`,
-    whose row keeps its ``weights`` (a WeightDiagnostics: ``json.dumps`` it with :func:`infcomp.diagnostics.figures`)."""
+    whose row keeps its ``weights`` (a WeightDiagnostics: ``json.dumps`` it with :func:`infcomp.weights.figures`)."""
     from tqdm.auto import tqdm
 
     rows, t_post, n_post = [], 0.0, 0
@@ -603,7 +603,7 @@ def cmd_break(args):
     if args.gallery and rows:
         _gallery(rows, images, args.gallery)
     if args.json:
-        print(json.dumps(summary, default=infcomp.diagnostics.figures))
+        print(json.dumps(summary, default=infcomp.weights.figures))
     else:
         print(f"breaker for style {style.name!r}: {_letters(style)} letters from {style.alphabet!r}, "
               f"{style.width}x{style.height} images")
@@ -625,12 +625,12 @@ def cmd_calibrate(args):
                                   seed=args.seed)
     summary = {"style": style.name, "draws": args.n, "particles": args.particles, "checks": cal.summary(),
                "failures": {read: cal.failures(read) for read in diagnostics.READS},
-               "weights": {**diagnostics.figures(cal.weights), "per_draw": cal.weights.diagnostics}}
+               "weights": {**infcomp.weights.figures(cal.weights), "per_draw": cal.weights.diagnostics}}
     if args.plot:
         first = ["text"] + [n for n in cal.checks if n != "text"]
         cal.plot(args.plot, names=first[:8])
     if args.json:
-        print(json.dumps(summary, default=diagnostics.figures))
+        print(json.dumps(summary, default=infcomp.weights.figures))
         return 0
     print(f"breaker for style {style.name!r}: {args.n} draws of its prior, {args.particles} particles each")
     for name, figures in summary["checks"].items():
@@ -679,7 +679,7 @@ def cmd_evaluate(args):
         summary["gallery"] = args.gallery
     if args.json:
         summary["readings"] = rows[: args.show]
-        print(json.dumps(summary, default=infcomp.diagnostics.figures))
+        print(json.dumps(summary, default=infcomp.weights.figures))
     else:
         _print_rows(rows[: args.show])
         _print_summary(summary)
