@@ -51,6 +51,8 @@ class Refine:
     :param seconds: and at most this long (None: no time limit).
     :param particles: particles drawn for each update (at least 16).
     :param lr: Adam's learning rate on the copy's parameters.
+    :param reuse: Adam steps taken on each update's particles (their weights as drawn): drawing
+        costs a run of the model per particle, a step on the drawn records far less.
     :param min_ess: the tempered weights' ESS, as a share of ``particles``, each update keeps.
     :param target_ess: stop once an update's untempered weights reach this ESS share with a k-hat
         under its threshold.
@@ -62,11 +64,12 @@ class Refine:
     seconds: float | None = None
     particles: int = 256
     lr: float = 1e-3
+    reuse: int = 4
     min_ess: float = 0.5
     target_ess: float = 0.5
 
     def __post_init__(self):
-        for name in ("steps", "particles"):
+        for name in ("steps", "particles", "reuse"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TypeError(f"Refine.{name} must be a positive int, got {v!r}")
@@ -77,8 +80,9 @@ class Refine:
             raise ValueError(f"Refine.seconds must be a positive number or None, got {self.seconds!r}")
         for name in ("lr", "min_ess", "target_ess"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (name != "lr" and v > 1):
-                raise ValueError(f"Refine.{name} must be a number in (0, {'inf' if name == 'lr' else 1}], got {v!r}")
+            rate = name.endswith("lr")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (not rate and v > 1):
+                raise ValueError(f"Refine.{name} must be a number in (0, {'inf' if rate else 1}], got {v!r}")
 
     @classmethod
     def of(cls, refine, guided=True) -> Refine | None:
@@ -172,10 +176,13 @@ def _refine(guide, draw, obs, settings, bar):
         for spec in _new_specs(net, kept):
             optimizer.add_param_group({"params": net.add_site(spec)})
         records = [_record(net, values, priors, obs) for values, priors in kept]
+        batch = collate(records, net.specs).to(own.device)
         with torch.enable_grad():
-            log_q = net.log_q(collate(records, net.specs).to(own.device))
-            loss = -(weights[keep].to(log_q) * log_q).sum()
-            if loss.requires_grad:
+            for _ in range(settings.reuse):
+                log_q = net.log_q(batch)
+                loss = -(weights[keep].to(log_q) * log_q).sum()
+                if not loss.requires_grad:
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 100.0)

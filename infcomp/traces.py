@@ -10,6 +10,7 @@ proposal needs, and the values at the observed sites.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,12 +24,14 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from .nn.proposals import fit_family, make_families, unwrap
 from .rng import fork_rng
+from .widen import widened_value
 
 __all__ = [
     "SiteSpec",
     "ObservationSpec",
     "TraceRecord",
     "Unobserve",
+    "Widen",
     "RecordSites",
     "PriorSampler",
     "site_spec",
@@ -247,6 +250,21 @@ def _check_full_plate(name, fn, value):
         )
 
 
+class Widen(Messenger):
+    """Draw every latent site's value from its prior widened ``k`` times (:mod:`~infcomp.widen`),
+    leaving its distribution the true prior (what a trace record reads its context from), and
+    the ``observe`` sites, observed or drawn, as the model draws them."""
+
+    def __init__(self, k: float, observe=()):
+        super().__init__()
+        self.k, self.observe = k, frozenset(observe)
+
+    def _pyro_sample(self, msg):
+        if msg["value"] is None and msg["name"] not in self.observe and latent_site(msg["fn"], msg["is_observed"],
+                                                                                   msg["infer"]):
+            msg["value"] = widened_value(msg["fn"], self.k)
+
+
 class PriorSampler:
     """Draws prior traces of a model and turns them into :class:`TraceRecord` s.
 
@@ -257,12 +275,13 @@ class PriorSampler:
     """
 
     def __init__(self, model, observe, model_args=(), model_kwargs=None, families=None, validate=True, specs=None,
-                 inputs=None):
+                 inputs=None, widen=None):
         self.model = model
         self.observe = normalize_observe(observe)
         self.args = tuple(model_args)
         self.kwargs = dict(model_kwargs or {})
         self.inputs = inputs  # () -> {argument name: tensor}: drawn afresh for each trace, recorded beside the observation
+        self.widen = widen  # draw the latents from priors this many times wider (infcomp.widen); None: as written
         self.families = families if families is not None else make_families()
         self.validate = validate  # Pyro's argument checks; training workers turn them off for speed
         self.specs: dict[str, SiteSpec] = dict(specs or {})
@@ -299,7 +318,8 @@ class PriorSampler:
     def sample(self) -> TraceRecord:
         recorder = RecordSites(self.observe)  # one per run: a model that draws inside a draw records apart
         drawn = self.inputs() if self.inputs is not None else {}
-        with pyro.validation_enabled(self.validate), recorder:
+        widened = Widen(self.widen, self.observe) if self.widen else contextlib.nullcontext()
+        with pyro.validation_enabled(self.validate), recorder, widened:
             self.model(*self.args, **self.kwargs, **drawn)
         structure, values, contexts, observation = [], [], [], {}
         for name, fn, value, is_observed, infer in recorder.sites:

@@ -50,6 +50,7 @@ from .rng import draw_seed, fork_rng
 from .threads import limited_threads
 from .shards import Mixed, TraceShards, shard_batches
 from .inputs import check_sampler
+from .widen import check_widen
 from .traces import PriorSampler, check_consistent, resolve_observe
 
 __all__ = [
@@ -540,7 +541,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
             embedding=None, config=None, families=(), validation_size=512, validate_every=2.0, checkpoint=None,
             checkpoint_every=5.0, overwrite=False, max_failure_rate=0.1, failure_window=1000, trace_timeout=None,
             metadata=None, progress=True, callbacks=(), traces=None, epochs=1, fresh_share=0.0, amp=None,
-            distributed=None, inputs=None) -> Guide:
+            distributed=None, inputs=None, widen=None) -> Guide:
     """Compile ``model`` into a guide by training on its prior draws (under ``torchrun``: see above).
 
     :param observe: the observed site name, or a list of them; or a compiled regular expression
@@ -592,7 +593,7 @@ def compile(model, observe, num_traces=None, *, minutes=None, model_args=(), mod
         after every step and at the end of the run (they may end it with ``trainer.stop()``).
     :param traces: a folder from :func:`~infcomp.save_traces` to train on for ``epochs`` shuffled passes,
         ``fresh_share`` of the batches drawn fresh instead; without another budget the epochs are it.
-    :param inputs: ``() -> {model argument: tensor}``, drawn per trace, encoded (:mod:`~infcomp.inputs`)
+    :param inputs: ``() -> {argument: tensor}`` per trace (:mod:`~infcomp.inputs`); ``widen``: :mod:`~infcomp.widen`
     """
     return _locked_run(_checked_settings(types.SimpleNamespace(**locals())))
 
@@ -622,7 +623,8 @@ def _train(s) -> Guide:
         guide, model_kwargs = s.guide, dict(s.model_kwargs or {})
         table = guide.network.families if guide is not None else make_families(s.families)
         sampler = PriorSampler(s.model, s.observe, s.model_args, model_kwargs, table,
-                               specs=guide.network.specs if guide is not None else None, inputs=s.inputs)
+                               specs=guide.network.specs if guide is not None else None, inputs=s.inputs,
+                               widen=s.widen)
         failures = FailureWindow(s.max_failure_rate, s.failure_window)
         validation = draw_validation(sampler, s.validation_size, failures, s.start, s.minutes, s.progress, group)
         if s.traces is not None:
@@ -633,6 +635,7 @@ def _train(s) -> Guide:
         guide.network.amp = s.amp
         guide.metadata.update(s.metadata or {})
         guide.metadata["world_size"] = group.world_size
+        guide.metadata["widen"] = s.widen or 1.0
         trainer = Trainer(guide, sampler, validation, default_lr(guide) if s.lr is None else s.lr, s.batch_size,
                           s.device, group)
         epochs = None if s.traces is None or s.num_traces or s.minutes else \
@@ -764,6 +767,7 @@ def _checked_settings(s):
                                   or s.workers < 0):
         raise ValueError(f"workers must be 0 or a positive int, got {s.workers!r}")
     s.workers = min(4, rank_cores()) if s.workers is None else s.workers
+    s.widen = check_widen(s.widen)
     drawn = {} if s.inputs is None else check_sampler(s.inputs, s.model, s.model_args, s.model_kwargs)
     s.observe = resolve_observe(s.model, s.observe, s.model_args, {**(s.model_kwargs or {}), **drawn})
     clash = [n for n in drawn if n in s.observe]

@@ -84,7 +84,8 @@ def _gpd_shape(x: np.ndarray) -> float:
     b = b / (3 * x[int(n / 4 + 0.5) - 1]) + 1 / x[-1]
     k = np.log1p(-b[:, None] * x).mean(axis=1)
     profile = n * (np.log(-(b / k)) - k - 1)
-    w = 1 / np.exp(profile - profile[:, None]).sum(axis=1)
+    with np.errstate(over="ignore"):  # a far worse candidate's term overflows to inf: its weight is 0
+        w = 1 / np.exp(profile - profile[:, None]).sum(axis=1)
     keep = w >= 10 * np.finfo(float).eps
     b, w = b[keep], w[keep] / w[keep].sum()
     k_post = float(np.log1p(-np.sum(b * w) * x).mean())

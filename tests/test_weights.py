@@ -88,7 +88,8 @@ def test_refinement_on_the_sequential_path_and_its_budget(guide):
 
 
 def test_refine_settings_are_checked(guide):
-    for bad in [dict(steps=0), dict(particles=8), dict(seconds=-1), dict(lr=0), dict(min_ess=1.5), dict(steps=2.0)]:
+    for bad in [dict(steps=0), dict(particles=8), dict(seconds=-1), dict(lr=0), dict(min_ess=1.5), dict(steps=2.0),
+                dict(reuse=0)]:
         with pytest.raises((ValueError, TypeError), match=f"Refine.{next(iter(bad))}"):
             infcomp.Refine(**bad)
     with pytest.raises(TypeError, match="refine= takes"):
