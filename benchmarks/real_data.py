@@ -195,16 +195,16 @@ def error(post, reference) -> float:
 
 def run(name, case, a) -> list:
     model, compile_kwargs, observation, infer_kwargs, reference = case
-    guides, seconds = {}, {}
+    guides, compile_seconds = {}, {}
     for widen in (None, a.widen):
         t0 = time.perf_counter()
         guides[widen] = infcomp.compile(model, num_traces=a.traces, seed=a.seed, progress=False, widen=widen,
                                         **compile_kwargs)
-        seconds[widen] = time.perf_counter() - t0
+        compile_seconds[widen] = time.perf_counter() - t0
     ref = reference()
     rows = []
     for label, widen, refine in (("compiled", None, False), ("refined", None, True), ("widened", a.widen, False)):
-        guide, compile_s = guides[widen], seconds[widen]
+        guide, compile_s = guides[widen], compile_seconds[widen]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", infcomp.UnreliableWeightsWarning)
             t0 = time.perf_counter()
@@ -239,10 +239,10 @@ def main(argv=None):
     rows = [r for n in names for r in run(n, table[n], a)]
     silent = [r for r in rows if not r["reliable"] and not r["warned"]]
     print(f"collapses without a warning: {len(silent)}")
-    for run in ("refined", "widened"):
-        done = [r for r in rows if r["run"] == run]
+    for kind in ("refined", "widened"):
+        done = [r for r in rows if r["run"] == kind]
         met = [r for r in done if r["ess_fraction"] >= 0.1 and r["err"] <= 0.3]
-        print(f"{run} runs with ESS/N >= 0.1 and err <= 0.3: {len(met)} of {len(done)}")
+        print(f"{kind} runs with ESS/N >= 0.1 and err <= 0.3: {len(met)} of {len(done)}")
     if a.json:
         os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
         with open(a.json, "w") as f:

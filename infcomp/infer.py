@@ -37,7 +37,7 @@ from .posterior import Posterior
 from .refine import Refine, refined_copy
 from .rng import fork_rng
 from .threads import limited_threads
-from .traces import is_latent, normalize_observe, observation_fault, observed_tensor
+from .traces import check_full_plate, is_latent, normalize_observe, observation_fault, observed_tensor
 from .weights import warn_unreliable
 
 __all__ = ["infer", "greedy", "LogWeight"]
@@ -54,6 +54,7 @@ class LogWeight(Messenger):
     ``pyro.deterministic`` sites (``deterministic``) and, with ``record_priors``, each latent
     site's prior (``priors``: what a refinement's trace records need).
 
+    A plate that subsamples its data is a ValueError naming it (:func:`~infcomp.traces.check_full_plate`).
     At each site named in ``observe`` it checks the value against the site's distribution
     (:func:`~infcomp.traces.observation_fault`): a shape the site does not draw raises; a value
     outside its support gives the run weight 0 (``log_weight = -inf``, the reason in ``fault``),
@@ -82,6 +83,7 @@ class LogWeight(Messenger):
         self.log_weight += term
 
     def _pyro_post_sample(self, msg):
+        check_full_plate(msg["name"], msg["fn"], msg["value"])  # a subsample's scaled likelihood is no posterior
         if msg["infer"].get("_deterministic"):
             self.deterministic[msg["name"]] = msg["value"]
         elif msg["is_observed"]:

@@ -37,6 +37,7 @@ __all__ = [
     "site_spec",
     "is_latent",
     "normalize_observe",
+    "check_full_plate",
     "resolve_observe",
     "observed_tensor",
     "observation_fault",
@@ -235,11 +236,11 @@ class RecordSites(Unobserve):
             what = "plates" if isinstance(msg["fn"], _Subsample) else "sample sites"
             raise ValueError(f"the model has two {what} named {name!r} in one run: each needs its own name")
         self._seen.add(name)
-        _check_full_plate(name, msg["fn"], msg["value"])
+        check_full_plate(name, msg["fn"], msg["value"])
         self.sites.append((name, msg["fn"], msg["value"], msg["is_observed"], msg["infer"]))
 
 
-def _check_full_plate(name, fn, value):
+def check_full_plate(name, fn, value):
     """ValueError naming plate ``name`` where its subsample ``value`` (drawn from ``fn``, a
     ``_Subsample``) is smaller than the plate; any other site passes."""
     if isinstance(fn, _Subsample) and fn.size is not None and value.numel() < fn.size:

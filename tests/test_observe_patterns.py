@@ -84,3 +84,8 @@ def test_a_subsampled_plate_is_refused_naming_it(kwargs):
 def test_a_plate_subsampled_to_its_full_size_is_a_plain_plate():
     record = PriorSampler(subsampled, "y", model_args=(torch.zeros(10),)).sample()
     assert record.structure == ("mu",) and record.observation["y"].shape == (10,)
+
+
+def test_prior_sampling_refuses_a_subsampled_plate_too():
+    with pytest.raises(ValueError, match=r"plate 'data' subsamples 10 of its 1000 items"):
+        infcomp.infer(subsampled, None, torch.zeros(10), observe="y", num_samples=10, model_args=(torch.zeros(1000),))
