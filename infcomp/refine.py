@@ -13,17 +13,17 @@ sampling (Cappé et al. 2004, population Monte Carlo) does for a parametric prop
    all the weight, the update moves towards a tempered posterior that the particles can still
    represent, instead of collapsing the proposal onto that particle (the tempering of
    sequential Monte Carlo samplers, Del Moral, Doucet and Jasra 2006);
-3. take an Adam step on ``-sum_i wbar_i log q(x_i | y)`` with ``wbar`` the normalised tempered
-   weights: the inclusive KL divergence from the (tempered) posterior to ``q``, which keeps the
-   proposal's mass wide, as importance sampling needs.
+3. take ``reuse`` Adam steps on ``-sum_i wbar_i log q(x_i | y)`` with ``wbar`` the normalised
+   tempered weights (fixed as drawn): the inclusive KL divergence from the (tempered) posterior
+   to ``q``, which keeps the proposal's mass wide, as importance sampling needs.
 
 The copy is trained; the caller's guide is not touched.  The final run weighs its particles
 under the model with the refined proposal, so the weights stay exact: refinement changes how
 good the estimate is, never what it estimates.  It runs within a budget of updates and seconds,
 and stops early once an update's own particles are reliable at the target ESS
-(:class:`Refine`).  Why not sbi's sequential rounds or swyft's truncation: both retrain on
-simulations from a new proposal prior, minutes per round; here the network is already trained
-and one observation needs only its heads nudged, a few seconds.
+(:class:`Refine`).  Why not sbi's sequential rounds or swyft's truncation: both retrain a network
+on fresh simulations from a prior narrowed around the observation, round after round; here the
+network is already trained, and the particles of one observation move it the rest of the way.
 """
 
 from __future__ import annotations
