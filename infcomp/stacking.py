@@ -28,6 +28,7 @@ _PARAMETERS = {
     "Bernoulli": ("logits",),
     "Binomial": ("total_count", "logits"),
     "VonMises": ("loc", "concentration"),
+    "Dirichlet": ("concentration",),
 }
 #: class -> its parameters, for torch's classes and Pyro's wrappers of them (exact classes only)
 PARAMETERS = {getattr(module, name): params for name, params in _PARAMETERS.items()
@@ -40,6 +41,7 @@ def stack_priors(priors: list):
     first = priors[0]
     cls = type(first)
     names = PARAMETERS.get(cls)
-    if names is None or any(type(p) is not cls or p.batch_shape != first.batch_shape for p in priors):
+    if names is None or any(type(p) is not cls or p.batch_shape != first.batch_shape
+                            or p.event_shape != first.event_shape for p in priors):
         return None
     return cls(**{n: torch.stack([getattr(p, n) for p in priors]) for n in names}, validate_args=False)

@@ -196,3 +196,14 @@ def test_the_guide_saves_and_loads(guide, tmp_path):
     b = infcomp.infer(conjugate, loaded, Y, num_samples=300, seed=3)
     assert torch.equal(a.log_weights, b.log_weights)
     assert torch.equal(a.marginal("w").values, b.marginal("w").values)
+
+
+def test_dirichlet_priors_stack_row_by_row():
+    from infcomp.stacking import stack_priors
+
+    priors = [dist.Dirichlet(torch.tensor([0.5, 1.0, 2.0]) * (i + 1)) for i in range(4)]
+    stacked = stack_priors(priors)
+    assert stacked.batch_shape == (4,) and stacked.event_shape == (3,)
+    value = torch.tensor([0.2, 0.3, 0.5])
+    assert torch.allclose(stacked.log_prob(value.expand(4, 3)), torch.stack([p.log_prob(value) for p in priors]))
+    assert stack_priors([dist.Dirichlet(torch.ones(3)), dist.Dirichlet(torch.ones(4))]) is None  # other simplexes
